@@ -1,0 +1,154 @@
+"""Attention over the compressed sequence: working-memory (sliding window) or unbounded.
+
+Spec sections 4.6 and 7.1. Indices are *slots* of the compressed sequence (ranks among
+activated tokens). Key ``j`` is allowed for query ``i`` iff it is valid and
+
+* causal, window w:        0 <= i - j <= w   (w previous activated tokens + itself)
+* bidirectional, window w: |i - j| <= w      (w each side: the "2 x chunk" working memory)
+* window None (SeqBoat-full): every earlier-or-equal (causal) / every (bidirectional) slot.
+
+Activations: ``softmax`` (scale Z^-1/2; disallowed scores replaced by -5e4 so a fully
+masked row is a finite uniform average), ``relu2`` and ``laplace`` (q scaled by 1/w causal,
+1/(2w) bidirectional; by 1/n in full mode, n = i + 1 causal or the valid-key count).
+For relu2 and laplace the weights are multiplied by the mask *after* the activation, so
+laplace(0) != 0 never leaks through padding or out-of-window keys (upstream bug H3).
+
+The windowed path is blocked: queries are cut into blocks of ``min(w, C)`` slots, each
+attending to a frame made of the neighbouring key blocks, so memory and compute are
+O(C * w), never O(C^2). ``naive.dense_local_attention`` is the dense reference.
+"""
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .precision import upcast
+
+ATTENTION_ACTIVATIONS = ("softmax", "relu2", "laplace")
+MASK_VALUE = -5e4  # finite and fp16-safe, as upstream
+
+
+def laplace(x: Tensor, mu: float = math.sqrt(0.5), sigma: float = math.sqrt(0.25 / math.pi)) -> Tensor:
+    """0.5 * (1 + erf((x - mu) / (sigma sqrt 2))), the laplace attention function (MEGA)."""
+    return 0.5 * (1.0 + torch.erf((x - mu) / (sigma * math.sqrt(2.0))))
+
+
+def query_scale(activation: str, zdim: int, window: Optional[int], causal: bool) -> Optional[float]:
+    """Constant multiplier on q, or None when it depends on the row (relu2/laplace full mode)."""
+    if activation == "softmax":
+        return zdim ** -0.5
+    if window is None:
+        return None
+    return 1.0 / window if causal else 1.0 / (2 * window)
+
+
+def attention_weights(scores: Tensor, mask: Tensor, activation: str) -> Tensor:
+    """Apply the attention activation to fp32 scores; masked entries get weight 0
+    (softmax: score -5e4). Returns fp32 weights."""
+    if activation == "softmax":
+        return torch.softmax(scores.masked_fill(~mask, MASK_VALUE), dim=-1)
+    if activation == "relu2":
+        return torch.relu(scores).square() * mask
+    if activation == "laplace":
+        return laplace(scores) * mask
+    raise ValueError(f"unknown attention activation {activation!r}; expected one of {ATTENTION_ACTIVATIONS}")
+
+
+def _frames(x: Tensor, num_blocks: int, block: int, back: int, ahead: int) -> Tensor:
+    """(B, num_blocks * block, *F) -> (B, num_blocks, (back + 1 + ahead) * block, *F):
+    for every block the concatenation of blocks [b - back, b + ahead] (zeros outside)."""
+    bsz = x.size(0)
+    xb = x.reshape(bsz, num_blocks, block, *x.shape[2:])
+    if back == 0 and ahead == 0:
+        return xb
+    pad_back = xb.new_zeros(bsz, back, *xb.shape[2:])
+    pad_ahead = xb.new_zeros(bsz, ahead, *xb.shape[2:])
+    xp = torch.cat([pad_back, xb, pad_ahead], dim=1)
+    return torch.cat([xp[:, i:i + num_blocks] for i in range(back + 1 + ahead)], dim=2)
+
+
+def local_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_valid: Tensor,
+    *,
+    window: Optional[int],
+    causal: bool,
+    activation: str,
+    positions: Optional[Tensor] = None,
+    bias: Optional[Callable[[Tensor], Tensor]] = None,
+    dropout: Optional[Callable[[Tensor], Tensor]] = None,
+) -> Tensor:
+    """Attention over a slot sequence.
+
+    Args:
+        q, k: ``(B, C, Z)`` queries and keys (rotary already applied, not yet scaled).
+        v: ``(B, C, H)``.
+        key_valid: ``(B, C)`` bool, False for padded slots.
+        window: working-memory size w (> 0), or None for unbounded (SeqBoat-full).
+        positions: ``(B, C)`` integer positions fed to ``bias`` (offset = pos_k - pos_q).
+        bias: maps integer offsets to an additive score bias (RelativePositionalBias).
+        dropout: applied to the attention weights.
+    Returns:
+        ``(B, C, H)``; rows of padded query slots hold finite junk.
+    """
+    if window is not None and window <= 0:
+        raise ValueError(f"window must be positive or None, got {window}")
+    bsz, slots, zdim = q.shape
+    scale = query_scale(activation, zdim, window, causal)
+    if scale is None:  # relu2/laplace in full mode: 1 / (number of keys the row can see)
+        if causal:
+            n = torch.arange(1, slots + 1, device=q.device).expand(bsz, slots)
+        else:
+            n = key_valid.sum(-1, keepdim=True).clamp(min=1).expand(bsz, slots)
+        q = q / n.unsqueeze(-1).to(q.dtype)
+    else:
+        q = q * scale
+
+    if window is None:
+        block, back, ahead = slots, 0, 0
+    else:
+        block = min(window, slots)
+        num_blocks = -(-slots // block)
+        back = min(-(-window // block), num_blocks - 1)
+        ahead = 0 if causal else back
+    num_blocks = -(-slots // block)
+    padded = num_blocks * block
+    if padded != slots:
+        extra = padded - slots
+        q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
+        key_valid = F.pad(key_valid, (0, extra), value=False)
+        if positions is not None:
+            positions = F.pad(positions, (0, extra))
+
+    qb = q.reshape(bsz, num_blocks, block, zdim)
+    kf = _frames(k, num_blocks, block, back, ahead)  # (B, nb, frame, Z)
+    vf = _frames(v, num_blocks, block, back, ahead)
+    valid_f = _frames(key_valid, num_blocks, block, back, ahead)  # (B, nb, frame); False outside
+
+    frame = kf.size(2)
+    # slot offset key - query inside a frame; the same for every block
+    rel = (torch.arange(frame, device=q.device).unsqueeze(0) - back * block
+           - torch.arange(block, device=q.device).unsqueeze(1))  # (block, frame)
+    if window is None:
+        band = rel <= 0 if causal else torch.ones_like(rel, dtype=torch.bool)
+    elif causal:
+        band = (rel <= 0) & (rel >= -window)
+    else:
+        band = rel.abs() <= window
+    mask = band & valid_f.unsqueeze(2)  # (B, nb, block, frame)
+
+    scores = torch.einsum("bnqz,bnkz->bnqk", upcast(qb), upcast(kf))
+    if bias is not None:
+        pos_q = positions.reshape(bsz, num_blocks, block)
+        pos_k = _frames(positions, num_blocks, block, back, ahead)
+        scores = scores + upcast(bias(pos_k.unsqueeze(2) - pos_q.unsqueeze(3)))
+    weights = attention_weights(scores, mask, activation).type_as(v)
+    if dropout is not None:
+        weights = dropout(weights)
+    out = torch.einsum("bnqk,bnkh->bnqh", weights, vf)
+    return out.reshape(bsz, padded, -1)[:, :slots]

@@ -1,0 +1,105 @@
+"""Sparse Modular Activation: the latent configurator and the compress / extract operators.
+
+Spec sections 5 and 6. The configurator turns two router logits per token into a hard
+decision ``active`` (run the GAU or skip it) and a confidence ``gate``; the GAU then runs
+only on the compressed sequence of active tokens, and its outputs are scattered back.
+
+Compression is gather-based: a stable sort puts each row's active positions first, in
+order, so no index is ever written twice (upstream scatters every skipped token into a
+shared dump slot, which is non-deterministic; spec H13). Gradients reach the router only
+through ``gate``; ``active``, the indices and the compressed length are discrete.
+"""
+
+import math
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .precision import upcast
+
+
+class LatentConfigurator(nn.Module):
+    """Router with a learned log-temperature (parameter ``log_temperature``, shape (1,)).
+
+    ``pi = softmax((u + [act_bias, 0]) / tau)`` in fp32, option 0 = skip, 1 = activate;
+    ``active = argmax(pi) == 1 and not pad`` (ties go to skip), ``gate = max(pi) * active``.
+    """
+
+    num_options = 2
+
+    def __init__(self, embed_dim: int, init_temp_scale: float = 0.3):
+        super().__init__()
+        if init_temp_scale <= 0:
+            raise ValueError(f"--init-temp-scale must be positive, got {init_temp_scale}")
+        self.log_temperature = nn.Parameter(
+            torch.tensor([math.log(init_temp_scale * math.sqrt(embed_dim))]))
+
+    def forward(self, logits: Tensor, padding_mask: Optional[Tensor] = None,
+                act_bias: float = 0.0) -> Tuple[Tensor, Tensor]:
+        """logits: ``(..., 2)``; padding_mask: ``(...)`` True = pad.
+
+        Returns ``(active (...) bool, gate (...) in logits.dtype)``.
+        """
+        u = upcast(logits)
+        if act_bias != 0.0:
+            u = u + u.new_tensor([act_bias, 0.0])
+        probs = torch.softmax(u / torch.exp(upcast(self.log_temperature)), dim=-1)
+        confidence, choice = probs.max(dim=-1)  # first maximum: ties go to skip
+        active = choice == 1
+        if padding_mask is not None:
+            active = active & ~padding_mask
+        gate = confidence * active
+        return active, gate.to(logits.dtype)
+
+
+class Compression(NamedTuple):
+    """Index bookkeeping of one compress / extract pair for a ``(B, L)`` activation mask.
+
+    index: ``(B, C')`` original position of each slot (0 for empty slots);
+    slot_valid: ``(B, C')`` True for the first ``count[b]`` slots of row b;
+    rank: ``(B, L)`` 1-based slot of each active token, 0 for skipped tokens;
+    count: ``(B,)`` number of active tokens per row. ``C' = max(max(count), 1)``.
+    identity: every position of every row is active (compress/extract are no-ops).
+    """
+
+    index: Tensor
+    slot_valid: Tensor
+    rank: Tensor
+    count: Tensor
+    identity: bool
+
+
+def plan_compression(active: Tensor) -> Compression:
+    """Builds the slot layout for ``active`` ``(B, L)`` bool. One host sync (C is a shape)."""
+    bsz, seq_len = active.shape
+    count = active.sum(dim=1)
+    slots = max(int(count.max()) if bsz > 0 else 0, 1)
+    rank = torch.cumsum(active.long(), dim=1) * active
+    if slots == seq_len and bool(active.all()):
+        index = torch.arange(seq_len, device=active.device).expand(bsz, seq_len)
+        return Compression(index, active, rank, count, True)
+    # stable sort of "not active": the active positions come first, in their original order
+    order = torch.sort((~active).to(torch.uint8), dim=1, stable=True).indices[:, :slots]
+    slot_valid = torch.arange(slots, device=active.device).unsqueeze(0) < count.unsqueeze(1)
+    index = order * slot_valid
+    return Compression(index, slot_valid, rank, count, False)
+
+
+def compress(x: Tensor, plan: Compression) -> Tensor:
+    """x: ``(B, L, *F)`` -> ``(B, C', *F)``: row b's active tokens in order, then zeros."""
+    if plan.identity:
+        return x
+    index = plan.index.view(*plan.index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    valid = plan.slot_valid.view(*plan.slot_valid.shape, *([1] * (x.dim() - 2)))
+    return torch.gather(x, 1, index) * valid if x.dtype != torch.bool else torch.gather(x, 1, index) & valid
+
+
+def extract(y: Tensor, plan: Compression) -> Tensor:
+    """y: ``(B, C', *F)`` -> ``(B, L, *F)``: active token t gets its slot, skipped tokens 0."""
+    if plan.identity:
+        return y
+    zero = y.new_zeros(y.size(0), 1, *y.shape[2:])
+    padded = torch.cat([zero, y], dim=1)  # slot 0 = the zero every skipped token reads
+    index = plan.rank.view(*plan.rank.shape, *([1] * (y.dim() - 2))).expand(-1, -1, *y.shape[2:])
+    return torch.gather(padded, 1, index)
