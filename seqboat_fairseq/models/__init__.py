@@ -1,0 +1,3 @@
+"""Registers the SeqBoat models and their architectures with fairseq."""
+
+from . import seqboat_lm  # noqa: F401

@@ -1,0 +1,322 @@
+"""SeqBoat language model (``--arch seqboat_lm*``; upstream ``slag_lm*``). Spec section 8.1-8.2.
+
+Decoder-only: token embedding (scaled by sqrt(D)) -> N causal SeqBoat layers -> final norm
+(prenorm only) -> output projection (optionally tied to the embedding). Each forward
+reports every layer's activation rate as fairseq metrics ``act_rate_l{i}`` (and their
+mean, ``act_rate``), so they show in the progress bar and in tensorboard.
+"""
+
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from fairseq import utils
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.logging import metrics
+from fairseq.models import (
+    FairseqIncrementalDecoder,
+    FairseqLanguageModel,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.utils import safe_getattr
+from omegaconf import II
+from torch import Tensor, nn
+
+from ..modules.norms import NORM_TYPES, SequenceNorm
+from ..modules.seqboat_layer import LayerActivation, SeqBoatLayer, upgrade_upstream_layer_keys
+
+DEFAULT_MAX_TARGET_POSITIONS = 1024
+
+
+@dataclass
+class SeqBoatLMConfig(FairseqDataclass):
+    """Defaults = upstream ``slag_lm`` base, except that no FFN is built (no SeqBoat recipe
+    uses one; pass ``--decoder-ffn-embed-dim`` > 0 to add it)."""
+
+    decoder_layers: int = field(default=6, metadata={"help": "number of SeqBoat layers"})
+    decoder_embed_dim: int = field(default=512, metadata={"help": "model dimension D"})
+    decoder_input_dim: Optional[int] = field(
+        default=None, metadata={"help": "token embedding dimension (default: D; projected to D if different)"})
+    decoder_hidden_dim: int = field(default=1664, metadata={"help": "GAU value dimension H"})
+    decoder_z_dim: int = field(default=128, metadata={"help": "GAU shared query/key dimension Z"})
+    decoder_n_dim: int = field(default=16, metadata={"help": "MD-EMA expansion dimension N"})
+    decoder_ffn_embed_dim: int = field(
+        default=-1, metadata={"help": "normalised FFN size after each layer; <= 0: no FFN"})
+    decoder_chunk_size: int = field(
+        default=-1, metadata={"help": "working-memory size w (local attention over w activated tokens); "
+                                      "<= 0: SeqBoat-full (unbounded attention over the compressed sequence)"})
+    truncation_length: Optional[int] = field(
+        default=2048, metadata={"help": "MD-EMA kernel truncation in the parallel form (<= 0: none)"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
+    hidden_dropout: float = field(default=0.0, metadata={"help": "dropout on the GAU values v"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout inside the FFN (if any)"})
+    activation_fn: ChoiceEnum(["silu"]) = field(
+        default="silu", metadata={"help": "activation (SeqBoat uses SiLU throughout)"})
+    attention_activation_fn: ChoiceEnum(["softmax", "relu2", "laplace"]) = field(
+        default="softmax", metadata={"help": "attention activation"})
+    normalization_type: ChoiceEnum(list(NORM_TYPES)) = field(
+        default="layernorm", metadata={"help": "normalisation layer type"})
+    normalize_before: bool = field(default=False, metadata={"help": "prenorm (adds a final norm)"})
+    no_affine_final_norm: bool = field(default=False, metadata={"help": "final norm without parameters"})
+    rel_pos_bias: ChoiceEnum(["simple", "rotary"]) = field(
+        default="simple", metadata={"help": "relative positions: learned bias (simple) or rotary"})
+    local_pos: bool = field(
+        default=False, metadata={"help": "with simple bias and w > 0: bias over working-memory slot offsets"})
+    init_temp_scale: float = field(
+        default=0.3, metadata={"help": "router temperature init: tau_0 = scale * sqrt(D)"})
+    always_act: bool = field(
+        default=False, metadata={"help": "no router: every token runs the GAU (static MEGA-style hybrid)"})
+    share_decoder_input_output_embed: bool = field(
+        default=False, metadata={"help": "tie the input embedding and the output projection"})
+    no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale embeddings by sqrt(D)"})
+    slag_local: bool = field(
+        default=False, metadata={"help": "no-op, accepted so upstream recipes parse (fairseq 0.12's "
+                                         "language_modeling task already uses plain token blocks)"})
+    tokens_per_sample: int = II("task.tokens_per_sample")
+    max_target_positions: Optional[int] = II("task.max_target_positions")
+
+
+@register_model("seqboat_lm", dataclass=SeqBoatLMConfig)
+class SeqBoatLanguageModel(FairseqLanguageModel):
+    """Thin wrapper: all the logic lives in :class:`SeqBoatDecoder`."""
+
+    @classmethod
+    def build_model(cls, args, task):
+        seqboat_lm_base(args)
+        if safe_getattr(args, "max_target_positions", None) is None:
+            args.max_target_positions = safe_getattr(args, "tokens_per_sample", DEFAULT_MAX_TARGET_POSITIONS)
+        dictionary = task.target_dictionary
+        input_dim = args.decoder_input_dim or args.decoder_embed_dim
+        embed_tokens = nn.Embedding(len(dictionary), input_dim, dictionary.pad())
+        nn.init.normal_(embed_tokens.weight, mean=0.0, std=input_dim ** -0.5)
+        nn.init.constant_(embed_tokens.weight[dictionary.pad()], 0.0)
+        return cls(SeqBoatDecoder(args, dictionary, embed_tokens))
+
+
+class SeqBoatDecoder(FairseqIncrementalDecoder):
+    """Stack of causal SeqBoat layers over token embeddings. Batch-first in and out."""
+
+    def __init__(self, args, dictionary, embed_tokens: nn.Embedding):
+        super().__init__(dictionary)
+        if args.activation_fn != "silu":
+            raise ValueError(f"--activation-fn {args.activation_fn} is not supported; SeqBoat uses silu")
+        dim = args.decoder_embed_dim
+        self.padding_idx = embed_tokens.padding_idx
+        self.max_target_positions = args.max_target_positions
+        self.embed_tokens = embed_tokens
+        self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(dim)
+        input_dim = embed_tokens.embedding_dim
+        self.project_in_dim = nn.Linear(input_dim, dim, bias=False) if input_dim != dim else None
+        if self.project_in_dim is not None:
+            nn.init.xavier_uniform_(self.project_in_dim.weight)
+        self.dropout_module = nn.Dropout(args.dropout)
+        truncation = args.truncation_length if args.truncation_length and args.truncation_length > 0 else None
+        self.layers = nn.ModuleList([
+            SeqBoatLayer(
+                dim, args.decoder_z_dim, args.decoder_hidden_dim, args.decoder_n_dim,
+                bidirectional=False, window=args.decoder_chunk_size, truncation=truncation,
+                norm_type=args.normalization_type, prenorm=args.normalize_before,
+                attention_activation=args.attention_activation_fn, rel_pos=args.rel_pos_bias,
+                max_positions=args.max_target_positions, local_pos=args.local_pos,
+                init_temp_scale=args.init_temp_scale, always_active=args.always_act,
+                dropout=args.dropout, attention_dropout=args.attention_dropout,
+                hidden_dropout=args.hidden_dropout, ffn_dim=args.decoder_ffn_embed_dim,
+                activation_dropout=args.activation_dropout,
+            )
+            for _ in range(args.decoder_layers)
+        ])
+        self.final_norm = (
+            SequenceNorm(args.normalization_type, dim, affine=not args.no_affine_final_norm)
+            if args.normalize_before else None
+        )
+        self.output_projection = nn.Linear(dim, len(dictionary), bias=False)
+        if args.share_decoder_input_output_embed:
+            if input_dim != dim:
+                raise ValueError("--share-decoder-input-output-embed needs --decoder-input-dim == --decoder-embed-dim")
+            self.output_projection.weight = self.embed_tokens.weight
+        else:
+            nn.init.normal_(self.output_projection.weight, mean=0.0, std=dim ** -0.5)
+
+    def forward(self, prev_output_tokens: Tensor, encoder_out=None,
+                incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+                features_only: bool = False, src_lengths=None, return_all_hiddens: bool = False,
+                **unused) -> Tuple[Tensor, Dict[str, Any]]:
+        """prev_output_tokens: ``(B, T)``. Returns ``(logits (B, T, V), extra)``; ``extra``
+        holds ``inner_states`` and ``activations`` (one :class:`LayerActivation` per layer)."""
+        x, extra = self.extract_features(prev_output_tokens, incremental_state=incremental_state)
+        if not features_only:
+            x = self.output_layer(x)
+        return x, extra
+
+    def extract_features(self, prev_output_tokens: Tensor, encoder_out=None,
+                         incremental_state=None, **unused) -> Tuple[Tensor, Dict[str, Any]]:
+        if incremental_state is not None:
+            raise NotImplementedError("incremental decoding is not implemented yet")
+        padding_mask = prev_output_tokens.eq(self.padding_idx)
+        if not padding_mask.any():
+            padding_mask = None
+        x = self.embed_tokens(prev_output_tokens) * self.embed_scale
+        if self.project_in_dim is not None:
+            x = self.project_in_dim(x)
+        x = self.dropout_module(x)
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        x = x.transpose(0, 1)  # (T, B, D)
+
+        inner_states: List[Tensor] = [x]
+        activations: List[LayerActivation] = []
+        for layer in self.layers:
+            x, activation = layer(x, padding_mask)
+            inner_states.append(x)
+            activations.append(activation)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
+        log_activation_rates(activations, padding_mask)
+        return x.transpose(0, 1), {"attn": [None], "inner_states": inner_states, "activations": activations}
+
+    def output_layer(self, features: Tensor, **kwargs) -> Tensor:
+        return self.output_projection(features)
+
+    def max_positions(self) -> int:
+        return self.max_target_positions
+
+    def upgrade_state_dict_named(self, state_dict: Dict[str, Tensor], name: str) -> Dict[str, Tensor]:
+        """Loads upstream (``slag_lm``) checkpoints: renames ``layers.{i}.slag_layer.*`` and
+        ``layers.{i}.nffn.*`` to this decoder's names and drops the ``version`` buffer."""
+        prefix = f"{name}." if name else ""
+        for i in range(len(self.layers)):
+            upgrade_upstream_layer_keys(state_dict, f"{prefix}layers.{i}.slag_layer.", f"{prefix}layers.{i}.")
+            for key in [k for k in state_dict if k.startswith(f"{prefix}layers.{i}.nffn.")]:
+                state_dict[key.replace(".nffn.", ".ffn.", 1)] = state_dict.pop(key)
+        state_dict.pop(f"{prefix}version", None)
+        return state_dict
+
+
+def activation_rates(activations: List[LayerActivation], padding_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Fraction of non-pad tokens routed to the GAU, per layer: ``(rates (layers,), ntokens)``."""
+    active = torch.stack([a.active for a in activations])  # (layers, B, T)
+    ntokens = active[0].numel() if padding_mask is None else (~padding_mask).sum()
+    ntokens = torch.as_tensor(ntokens, device=active.device).clamp(min=1)
+    return active.flatten(1).sum(-1) / ntokens, ntokens
+
+
+def log_activation_rates(activations: List[LayerActivation], padding_mask: Optional[Tensor]) -> None:
+    """Logs ``act_rate_l{i}`` and ``act_rate`` into the active fairseq metric aggregators
+    (training, validation); a no-op when none is active (generation, eval-lm)."""
+    if not activations or not metrics.get_active_aggregators():
+        return
+    rates, ntokens = activation_rates(activations, padding_mask)
+    rates, weight = rates.detach().cpu(), float(ntokens)
+    metrics.log_scalar("act_rate", rates.mean(), weight, round=3)
+    for i, rate in enumerate(rates):
+        metrics.log_scalar(f"act_rate_l{i}", rate, weight, round=3)
+
+
+# --------------------------------------------------------------------------- architectures
+def _fill_defaults(args) -> None:
+    """Sets every config value the user and the preset left unset to the dataclass default."""
+    for f in fields(SeqBoatLMConfig):
+        interpolated = isinstance(f.default, str) and f.default.startswith("${")
+        if f.default is not MISSING and not interpolated and safe_getattr(args, f.name, None) is None:
+            setattr(args, f.name, f.default)
+
+
+def seqboat_lm_base(args):
+    """``--arch seqboat_lm`` (registered by ``register_model``): the dataclass defaults."""
+    _fill_defaults(args)
+
+
+@register_model_architecture("seqboat_lm", "seqboat_lm_tiny")
+def seqboat_lm_tiny(args):
+    """Tiny model for tests and the README demo (~0.2M parameters with a byte vocabulary)."""
+    args.decoder_layers = safe_getattr(args, "decoder_layers", 2)
+    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 64)
+    args.decoder_hidden_dim = safe_getattr(args, "decoder_hidden_dim", 128)
+    args.decoder_z_dim = safe_getattr(args, "decoder_z_dim", 32)
+    args.decoder_n_dim = safe_getattr(args, "decoder_n_dim", 8)
+    args.decoder_chunk_size = safe_getattr(args, "decoder_chunk_size", 32)
+    args.truncation_length = safe_getattr(args, "truncation_length", 0)  # no truncation
+    args.dropout = safe_getattr(args, "dropout", 0.0)
+    args.rel_pos_bias = safe_getattr(args, "rel_pos_bias", "rotary")
+    args.normalize_before = safe_getattr(args, "normalize_before", True)
+    args.no_affine_final_norm = safe_getattr(args, "no_affine_final_norm", True)
+    args.init_temp_scale = safe_getattr(args, "init_temp_scale", 1.0)
+    args.share_decoder_input_output_embed = safe_getattr(args, "share_decoder_input_output_embed", True)
+    seqboat_lm_base(args)
+
+
+@register_model_architecture("seqboat_lm", "seqboat_lm_enwik8_base")
+def seqboat_lm_enwik8_base(args):
+    """The paper's enwik8 model (spec 8.2, ``slag_lm_enwik8_base_v2`` + recipe flags): 14 layers,
+    D=616, H=1232, Z=128, N=16, w=1024, rotary, softmax, prenorm. 2,781,883 params per layer,
+    ~39.07M in total with a byte dictionary."""
+    args.decoder_layers = safe_getattr(args, "decoder_layers", 14)
+    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 616)
+    args.decoder_hidden_dim = safe_getattr(args, "decoder_hidden_dim", 1232)
+    args.decoder_z_dim = safe_getattr(args, "decoder_z_dim", 128)
+    args.decoder_n_dim = safe_getattr(args, "decoder_n_dim", 16)
+    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", -1)
+    args.decoder_chunk_size = safe_getattr(args, "decoder_chunk_size", 1024)
+    args.truncation_length = safe_getattr(args, "truncation_length", 2048)
+    args.dropout = safe_getattr(args, "dropout", 0.15)
+    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.0)
+    args.hidden_dropout = safe_getattr(args, "hidden_dropout", 0.0)
+    args.attention_activation_fn = safe_getattr(args, "attention_activation_fn", "softmax")
+    args.rel_pos_bias = safe_getattr(args, "rel_pos_bias", "rotary")
+    args.normalization_type = safe_getattr(args, "normalization_type", "layernorm")
+    args.normalize_before = safe_getattr(args, "normalize_before", True)
+    args.no_affine_final_norm = safe_getattr(args, "no_affine_final_norm", True)
+    args.init_temp_scale = safe_getattr(args, "init_temp_scale", 1.0)
+    args.share_decoder_input_output_embed = safe_getattr(args, "share_decoder_input_output_embed", True)
+    args.max_target_positions = safe_getattr(args, "max_target_positions", 10384)
+    seqboat_lm_base(args)
+
+
+# Upstream names, with upstream's architecture defaults (spec 8.2), so upstream recipes and
+# checkpoints resolve. Differences: activation_dropout defaults to 0.0 instead of crashing (H18).
+@register_model_architecture("seqboat_lm", "slag_lm")
+def slag_lm(args):
+    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim",
+                                              safe_getattr(args, "decoder_hidden_dim", 1664))
+    seqboat_lm_base(args)
+
+
+def _slag_preset(args, layers, dim, hidden, ffn, zdim, dropout=0.1, attention_dropout=0.0,
+                 hidden_dropout=0.0, activation_dropout=0.0):
+    args.decoder_layers = safe_getattr(args, "decoder_layers", layers)
+    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", dim)
+    args.decoder_hidden_dim = safe_getattr(args, "decoder_hidden_dim", hidden)
+    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", ffn)
+    args.decoder_z_dim = safe_getattr(args, "decoder_z_dim", zdim)
+    args.dropout = safe_getattr(args, "dropout", dropout)
+    args.attention_dropout = safe_getattr(args, "attention_dropout", attention_dropout)
+    args.hidden_dropout = safe_getattr(args, "hidden_dropout", hidden_dropout)
+    args.activation_dropout = safe_getattr(args, "activation_dropout", activation_dropout)
+    slag_lm(args)
+
+
+@register_model_architecture("seqboat_lm", "slag_lm_big")
+def slag_lm_big(args):
+    _slag_preset(args, 16, 1024, 2048, 2048, 256)
+
+
+@register_model_architecture("seqboat_lm", "slag_lm_enwik8_base")
+def slag_lm_enwik8_base(args):
+    _slag_preset(args, 12, 512, 1024, 1024, 128)
+
+
+@register_model_architecture("seqboat_lm", "slag_lm_enwik8_base_v2")
+def slag_lm_enwik8_base_v2(args):
+    """The architecture the paper's enwik8 recipe names; the recipe adds -1 FFN, w=1024, rotary..."""
+    _slag_preset(args, 14, 616, 1232, 1232, 128)
+
+
+@register_model_architecture("seqboat_lm", "slag_lm_enwik8_large")
+def slag_lm_enwik8_large(args):
+    _slag_preset(args, 20, 512, 1024, 1024, 128)
