@@ -27,3 +27,28 @@ def assert_close(name, actual, expected, atol=1e-5, rtol=0.0):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+PLUGIN_DIR = os.path.join(REPO_ROOT, "seqboat_fairseq")
+
+
+def write_byte_dictionary(directory, symbols=256):
+    """A fairseq dict.txt over byte tokens "0".."255" (what data_prep/enwik8.py produces)."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "dict.txt"), "w") as f:
+        for i in range(symbols):
+            f.write(f"{i} {1000 - i}\n")
+    return str(directory)
+
+
+def build_lm(data_dir, *cli_args):
+    """Builds a SeqBoat LM exactly as fairseq-train would, from command-line arguments."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser, [str(data_dir), "--user-dir", PLUGIN_DIR, "--task", "language_modeling", *cli_args])
+    cfg = convert_namespace_to_omegaconf(args)
+    task = tasks.setup_task(cfg.task)
+    return task.build_model(cfg.model), task, cfg

@@ -1,0 +1,196 @@
+"""The seqboat_lm model: architectures, activation metrics, upstream checkpoint loading."""
+
+import argparse
+import pickle
+import sys
+import types
+
+import pytest
+import torch
+
+from conftest import assert_close, build_lm, write_byte_dictionary
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_byte_dictionary(tmp_path_factory.mktemp("bytes"), symbols=204)  # 4 specials -> V=208
+
+
+def test_tiny_forward_shapes_and_padding(data_dir):
+    model, task, _ = build_lm(data_dir, "--arch", "seqboat_lm_tiny", "--tokens-per-sample", "64")
+    model.eval()
+    tokens = torch.randint(4, 208, (3, 20))
+    tokens[1, 15:] = task.dictionary.pad()
+    logits, extra = model(tokens)
+    assert logits.shape == (3, 20, 208)
+    assert len(extra["activations"]) == 2 and extra["activations"][0].active.shape == (3, 20)
+    assert not extra["activations"][0].active[1, 15:].any(), "pads are never activated"
+    # a row's logits do not depend on padding added after it
+    alone, _ = model(tokens[1:2, :15])
+    assert_close("padded row", logits[1, :15], alone[0], atol=1e-5)
+
+
+def test_enwik8_base_matches_paper_size(data_dir):
+    model, _, cfg = build_lm(data_dir, "--arch", "seqboat_lm_enwik8_base", "--tokens-per-sample", "8192")
+    dec = model.decoder
+    assert len(dec.layers) == 14 and dec.layers[0].window == 1024 and dec.layers[0].gau.rotary
+    assert dec.output_projection.weight is dec.embed_tokens.weight
+    assert dec.final_norm is not None and not any(True for _ in dec.final_norm.parameters())
+    per_layer = sum(p.numel() for p in dec.layers[0].parameters())
+    assert per_layer == 2_781_883
+    total = sum(p.numel() for p in model.parameters())
+    assert total == 14 * 2_781_883 + 208 * 616  # ~39.07M, the paper's "39M"
+    assert cfg.model.max_target_positions == 10384 and cfg.model.dropout == 0.15
+
+
+def test_cli_overrides_win_over_presets(data_dir):
+    model, _, cfg = build_lm(data_dir, "--arch", "seqboat_lm_tiny", "--decoder-layers", "3",
+                             "--decoder-chunk-size", "-1", "--always-act")
+    assert len(model.decoder.layers) == 3
+    assert model.decoder.layers[0].window is None and model.decoder.layers[0].router is None
+
+
+@pytest.mark.parametrize("arch", ["slag_lm", "slag_lm_big", "slag_lm_enwik8_base",
+                                  "slag_lm_enwik8_base_v2", "slag_lm_enwik8_large"])
+def test_upstream_architecture_names_resolve(arch):
+    from fairseq.models import ARCH_MODEL_NAME_REGISTRY, ARCH_CONFIG_REGISTRY
+
+    import seqboat_fairseq  # noqa: F401
+
+    assert ARCH_MODEL_NAME_REGISTRY[arch] == "seqboat_lm"
+    args = argparse.Namespace()
+    ARCH_CONFIG_REGISTRY[arch](args)
+    assert args.decoder_ffn_embed_dim == args.decoder_hidden_dim  # upstream default FFN = H
+    assert args.activation_dropout == 0.0  # upstream left it unset and crashed (H18)
+
+
+def test_activation_rates_are_logged_as_metrics(data_dir):
+    from fairseq.logging import metrics
+
+    model, _, _ = build_lm(data_dir, "--arch", "seqboat_lm_tiny")
+    tokens = torch.randint(4, 208, (2, 30))
+    with metrics.aggregate(new_root=True) as agg:
+        _, extra = model(tokens)
+    stats = agg.get_smoothed_values()
+    expected = [a.active.float().mean().item() for a in extra["activations"]]
+    assert set(stats) >= {"act_rate", "act_rate_l0", "act_rate_l1"}
+    assert stats["act_rate_l0"] == pytest.approx(expected[0], abs=1e-3)
+    assert stats["act_rate"] == pytest.approx(sum(expected) / 2, abs=1e-3)
+
+
+# --------------------------------------------------------------------------- upstream checkpoints
+D, H, Z, N, V, LAYERS = 16, 24, 8, 4, 208, 2
+
+
+def upstream_state_dict():
+    """A state dict in upstream's layout (spec section 12.1), rotary + affine final LayerNorm."""
+    g = torch.Generator().manual_seed(1)
+    rnd = lambda *shape: torch.randn(*shape, generator=g) * 0.3  # noqa: E731
+    sd = {"decoder.version": torch.tensor([3.0]), "decoder.embed_tokens.weight": rnd(V, D)}
+    for i in range(LAYERS):
+        p = f"decoder.layers.{i}.slag_layer."
+        sd.update({
+            p + "gamma": rnd(2, Z), p + "beta": rnd(2, Z),
+            p + "norm.norm.weight": 1 + rnd(D), p + "norm.norm.bias": rnd(D),
+            p + "move.delta": rnd(D, N, 1), p + "move.alpha": rnd(D, N, 1),
+            p + "move.beta": rnd(D, N, 1), p + "move.gamma": rnd(D, N), p + "move.omega": rnd(D),
+            p + "q_router.temp": torch.tensor([0.5]),
+            p + "mx_proj.weight": rnd(Z + 2 * H, D), p + "mx_proj.bias": rnd(Z + 2 * H),
+            p + "hx_proj.weight": rnd(2 + D, D), p + "hx_proj.bias": rnd(2 + D),
+            p + "h_proj.weight": rnd(D, H), p + "h_proj.bias": rnd(D),
+        })
+    sd["decoder.final_norm.norm.weight"] = 1 + rnd(D)
+    sd["decoder.final_norm.norm.bias"] = rnd(D)
+    sd["decoder.output_projection.weight"] = sd["decoder.embed_tokens.weight"]
+    return sd
+
+
+# semantic role of each upstream unit tensor in our layer (written from spec 4.2 / 12.1)
+ROLES = {
+    "gamma": lambda l: l.gau.qk_gamma, "beta": lambda l: l.gau.qk_beta,
+    "norm.norm.weight": lambda l: l.norm.norm.weight, "norm.norm.bias": lambda l: l.norm.norm.bias,
+    "move.delta": lambda l: l.ema.delta, "move.alpha": lambda l: l.ema.alpha,
+    "move.beta": lambda l: l.ema.beta, "move.gamma": lambda l: l.ema.gamma, "move.omega": lambda l: l.ema.omega,
+    "q_router.temp": lambda l: l.router.log_temperature,
+    "mx_proj.weight": lambda l: l.gau.in_proj.weight, "mx_proj.bias": lambda l: l.gau.in_proj.bias,
+    "hx_proj.weight": lambda l: l.hx_proj.weight, "hx_proj.bias": lambda l: l.hx_proj.bias,
+    "h_proj.weight": lambda l: l.gau.out_proj.weight, "h_proj.bias": lambda l: l.gau.out_proj.bias,
+}
+
+
+OPTIMIZER_HISTORY = [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqAdam",
+                      "lr_scheduler_state": {"best": 1.0}, "num_updates": 10}]
+
+
+def _save_upstream_checkpoint(path):
+    """Pickles the checkpoint as fairseq 0.9 (upstream) did: argparse args, 0.9 meters."""
+    args = argparse.Namespace(
+        arch="slag_lm_enwik8_base_v2", task="language_modeling", criterion="cross_entropy",
+        optimizer="adam", lr=[0.005], decoder_layers=LAYERS, decoder_embed_dim=D, decoder_hidden_dim=H,
+        decoder_z_dim=Z, decoder_n_dim=N, decoder_ffn_embed_dim=-1, decoder_chunk_size=4,
+        truncation_length=2048, rel_pos_bias="rotary", normalize_before=True, no_affine_final_norm=False,
+        normalization_type="layernorm", attention_activation_fn="softmax", activation_fn="silu",
+        share_decoder_input_output_embed=True, init_temp_scale=1.0, local_pos=False, slag_local=True,
+        tokens_per_sample=64, max_target_positions=128, dropout=0.15, attention_dropout=0.0,
+        hidden_dropout=0.0, seed=1, sample_break_mode="none", self_target=False, future_target=False,
+        past_target=False, output_dictionary_size=-1,
+    )
+    fake = types.ModuleType("fairseq.meters")
+
+    class AverageMeter:  # what fairseq 0.9 pickled into extra_state["train_meters"]
+        def __init__(self):
+            self.val, self.avg, self.sum, self.count = 0, 0.0, 0.0, 0
+
+    AverageMeter.__module__, AverageMeter.__qualname__ = "fairseq.meters", "AverageMeter"
+    fake.AverageMeter = AverageMeter
+    sys.modules["fairseq.meters"] = fake
+    try:
+        torch.save({"args": args, "model": upstream_state_dict(), "optimizer_history": OPTIMIZER_HISTORY,
+            "extra_state": {"train_meters": {"loss": AverageMeter()}, "val_loss": 1.0},
+            "last_optimizer_state": {}}, path)
+    finally:
+        del sys.modules["fairseq.meters"]
+
+
+def test_upstream_checkpoint_loads_and_maps_every_tensor(tmp_path, data_dir):
+    from fairseq import checkpoint_utils
+
+    import seqboat_fairseq  # noqa: F401  (registers the slag_* names and the torch.load allow-list)
+
+    path = str(tmp_path / "upstream.pt")
+    _save_upstream_checkpoint(path)
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data_dir})
+    model = models[0]
+    upstream = upstream_state_dict()
+    for i, layer in enumerate(model.decoder.layers):
+        for key, role in ROLES.items():
+            assert torch.equal(role(layer), upstream[f"decoder.layers.{i}.slag_layer.{key}"]), key
+    assert torch.equal(model.decoder.final_norm.norm.weight, upstream["decoder.final_norm.norm.weight"])
+    assert model.decoder.output_projection.weight is model.decoder.embed_tokens.weight
+    assert model.decoder.layers[0].window == 4 and model.decoder.layers[0].gau.rotary
+
+    # Same outputs as our own layout: re-save the loaded model through fairseq and reload.
+    tokens = torch.randint(4, V, (2, 24))
+    model.eval()
+    logits, _ = model(tokens)
+    own = str(tmp_path / "own.pt")
+    from omegaconf import OmegaConf
+
+    # what fairseq's trainer writes: the config as a plain container
+    torch.save({"cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                "model": model.state_dict(), "optimizer_history": OPTIMIZER_HISTORY,
+                "extra_state": {}}, own)
+    reloaded, _, _ = checkpoint_utils.load_model_ensemble_and_task([own], arg_overrides={"data": data_dir})
+    logits2, _ = reloaded[0].eval()(tokens)
+    assert_close("upstream vs own layout", logits2, logits, atol=0)
+    assert torch.isfinite(logits).all()
+
+
+def test_unknown_pickled_object_is_still_refused(tmp_path):
+    """The allow-list is narrow: torch's safe loader still rejects arbitrary classes."""
+    import seqboat_fairseq  # noqa: F401
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "payload": pickle.PickleError()}, path)
+    with pytest.raises(pickle.UnpicklingError, match="Unsupported global"):
+        torch.load(path)
