@@ -42,29 +42,57 @@ def test_padding_never_leaks_into_real_positions():
     assert_close("real positions", y2[:7, 1], y1[:7, 1], atol=1e-5)
 
 
-def test_step_equals_convolution():
+def _run_steps(ema, x, pad=None, state=None, start=0):
+    state = state if state is not None else ema.init_state(x.size(1))
+    ys = []
+    for t, x_t in enumerate(x):
+        position = torch.full((x.size(1),), start + t, dtype=torch.long)
+        y_t, state = ema.step(x_t, state, position, None if pad is None else pad[:, start + t])
+        ys.append(y_t)
+    return torch.stack(ys), state
+
+
+def test_step_equals_recurrence_and_convolution():
     ema = _ema(False, None)
     x = torch.randn(25, 2, 6)
-    state, ys = None, []
-    for x_t in x:
-        y_t, state = ema.step(x_t, state)
-        ys.append(y_t)
+    y, state = _run_steps(ema, x)
     y_ref, h_ref = ema_recurrence(ema, x)
-    assert_close("step outputs", torch.stack(ys), ema(x), atol=2e-5)
-    assert_close("step outputs vs recurrence", torch.stack(ys), y_ref, atol=2e-5)
-    assert_close("final state", state, h_ref, atol=2e-5)
+    assert_close("step outputs", y, ema(x), atol=2e-5)
+    assert_close("step outputs vs recurrence", y, y_ref, atol=2e-5)
+    assert_close("final state", state["hidden"], h_ref, atol=2e-5)
 
 
-def test_forward_with_state_equals_steps():
-    """Chunked prefill with a carried state == token-by-token stepping (outputs and state)."""
-    ema = _ema(False, None)
+@pytest.mark.parametrize("truncation", [None, 4, 7], ids=["untruncated", "trunc4", "trunc7"])
+def test_decoding_is_exact_for_the_truncated_kernel(truncation):
+    """Stepping reproduces the *truncated* training kernel exactly, far beyond L_k tokens
+    (upstream's step ignored truncation: H6)."""
+    ema = _ema(False, truncation)
+    with torch.no_grad():
+        ema.alpha[:, :2].fill_(-5.0)  # slow decays: the truncation really matters
     x = torch.randn(30, 2, 6)
-    y_ref, h_ref = ema_recurrence(ema, x)
-    y1, h1 = ema.forward_with_state(x[:11], None)
-    y2, h2 = ema.forward_with_state(x[11:12], h1)
-    y3, h3 = ema.forward_with_state(x[12:], h2)
-    assert_close("chunked outputs", torch.cat([y1, y2, y3]), y_ref, atol=2e-5)
-    assert_close("chunked state", h3, h_ref, atol=2e-5)
+    pad = torch.zeros(2, 30, dtype=torch.bool)
+    pad[1, 3:6] = True  # padded steps inside the stream
+    y, _ = _run_steps(ema, x, pad)
+    real = ~pad.t()
+    assert_close("step vs parallel", y[real], ema(x, pad)[real], atol=2e-5)
+
+
+@pytest.mark.parametrize("truncation", [None, 5], ids=["untruncated", "trunc5"])
+def test_chunked_prefill_equals_steps(truncation):
+    """forward_chunk over several chunks == token-by-token, outputs and every state slot."""
+    ema = _ema(False, truncation)
+    x = torch.randn(23, 3, 6)
+    y_steps, s_steps = _run_steps(ema, x)
+    state, ys, start = ema.init_state(3), [], 0
+    for size in (1, 8, 3, 11):
+        y_c, state = ema.forward_chunk(x[start:start + size], state, torch.full((3,), start))
+        ys.append(y_c)
+        start += size
+    assert_close("chunk outputs", torch.cat(ys), y_steps, atol=2e-5)
+    assert_close("chunk outputs vs parallel", torch.cat(ys), ema(x), atol=2e-5)
+    assert set(state) == set(s_steps)
+    for key in state:
+        assert_close(key, state[key], s_steps[key], atol=2e-5)
 
 
 def test_truncated_kernel_differs_from_recurrence():
@@ -80,8 +108,10 @@ def test_gradcheck_small():
     ema = _ema(True, 4, dim=3, ndim=2).double()
     x = torch.randn(7, 2, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda inp: ema(inp), (x,))
-    ema_c = _ema(False, None, dim=3, ndim=2).double()
-    assert torch.autograd.gradcheck(lambda inp: ema_c.forward_with_state(inp, None)[1], (x,))
+    ema_c = _ema(False, 3, dim=3, ndim=2).double()
+    state = {k: v.double() for k, v in ema_c.init_state(2).items()}
+    position = torch.zeros(2, dtype=torch.long)
+    assert torch.autograd.gradcheck(lambda inp: ema_c.forward_chunk(inp, state, position)[1]["lag_hidden"], (x,))
 
 
 def test_parameter_shapes_and_init():

@@ -155,7 +155,14 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
     def extract_features(self, prev_output_tokens: Tensor, encoder_out=None,
                          incremental_state=None, **unused) -> Tuple[Tensor, Dict[str, Any]]:
         if incremental_state is not None:
-            raise NotImplementedError("incremental decoding is not implemented yet")
+            # fairseq's generators pass the whole prefix at every step; feed only the tokens
+            # the layers' state has not consumed yet (one per step; the prompt at once).
+            consumed = self.layers[0].decoded_length(incremental_state) if len(self.layers) else 0
+            if consumed >= prev_output_tokens.size(1):
+                raise ValueError(
+                    f"incremental decoding expects the full prefix: got {prev_output_tokens.size(1)} tokens "
+                    f"but the state has already consumed {consumed}")
+            prev_output_tokens = prev_output_tokens[:, consumed:]
         padding_mask = prev_output_tokens.eq(self.padding_idx)
         if not padding_mask.any():
             padding_mask = None
@@ -170,7 +177,7 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
         inner_states: List[Tensor] = [x]
         activations: List[LayerActivation] = []
         for layer in self.layers:
-            x, activation = layer(x, padding_mask)
+            x, activation = layer(x, padding_mask, incremental_state=incremental_state)
             inner_states.append(x)
             activations.append(activation)
         if self.final_norm is not None:

@@ -9,12 +9,13 @@ dimension ``n``::
 
 The parallel ``forward`` evaluates the same recurrence as an FFT convolution with the
 kernel ``K[d, l] = sum_n kappa gamma p beta phi^l`` (optionally truncated to
-``truncation`` lags). ``step`` / ``forward_with_state`` are the recurrent form used by
-incremental decoding; they sit next to ``forward`` so the equivalence is visible.
+``truncation`` lags). ``step`` / ``forward_chunk`` are the recurrent form used by
+incremental decoding (``step`` one token, ``forward_chunk`` a prompt); they sit next to
+``forward`` so the equivalence is visible.
 """
 
 import math
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -107,43 +108,89 @@ class MultiHeadEMA(nn.Module):
         return y.type_as(x).permute(2, 0, 1) + residual
 
     # ------------------------------------------------------------------ recurrent form
-    def step(self, x: Tensor, prev_state: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        """One token. x: ``(B, D)``; prev_state: ``(B, D, N)`` fp32 or None (zeros).
-
-        Returns ``(y (B, D), new_state (B, D, N) fp32)``.
-        """
+    # Decoding state (all fp32, batch first):
+    #   hidden      (B, D, N)  h_t, the untruncated recurrence
+    #   lag_hidden  (B, D, N)  h_{t - L_k}            } only with truncation L_k: the truncated
+    #   inputs      (B, L_k, D) last L_k inputs, a    } kernel is y_t = C (h_t - phi^L_k h_{t-L_k}),
+    #                          ring indexed by t % L_k } exact with O(D N) work per token.
+    def init_state(self, batch_size: int, device=None) -> Dict[str, Tensor]:
+        """The only place that decides the decoding-state shapes."""
         assert not self.bidirectional, "incremental decoding needs a causal (unidirectional) EMA"
-        p_beta, phi = self.coefficients()
-        h = p_beta.squeeze(-1) * upcast(x).unsqueeze(-1)  # (B, D, N)
-        if prev_state is not None:
-            h = h + phi.squeeze(-1) * prev_state
-        y = torch.einsum("bdn,dn->bd", h, upcast(self.gamma) * self.scale)
-        return y.type_as(x) + x * self.omega, h
+        shape = (batch_size, self.embed_dim, self.ndim)
+        state = {"hidden": torch.zeros(shape, device=device)}
+        if self.truncation is not None:
+            state["lag_hidden"] = torch.zeros(shape, device=device)
+            state["inputs"] = torch.zeros(batch_size, self.truncation, self.embed_dim, device=device)
+        return state
 
-    def forward_with_state(self, x: Tensor, prev_state: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        """A chunk of T tokens in parallel, with exact (untruncated) recurrent semantics.
+    def _readout(self, state: Dict[str, Tensor], phi: Tensor) -> Tensor:
+        """y (without the omega skip) from a state: C h, or C (h - phi^L_k h_lag) if truncated.
+        phi: ``(D, N)``."""
+        h = state["hidden"]
+        if self.truncation is not None:
+            h = h - phi ** self.truncation * state["lag_hidden"]
+        return torch.einsum("bdn,dn->bd", h, upcast(self.gamma) * self.scale)
 
-        x: ``(T, B, D)``; prev_state ``(B, D, N)`` or None. Equivalent to T calls of
-        ``step`` (the prefill of incremental decoding). Returns ``(y (T, B, D), h_T)``.
+    def step(self, x: Tensor, state: Dict[str, Tensor], position: Tensor,
+             padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """One token: x ``(B, D)`` at absolute ``position`` ``(B,)``. Returns ``(y (B, D), state)``.
+
+        h <- phi h + p beta x  (and, if truncated, h_lag <- phi h_lag + p beta x_{t - L_k}).
         """
-        assert not self.bidirectional, "incremental decoding needs a causal (unidirectional) EMA"
+        p_beta, phi = (c.squeeze(-1) for c in self.coefficients())
+        u = upcast(x) if padding_mask is None else upcast(x).masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        new = {"hidden": phi * state["hidden"] + p_beta * u.unsqueeze(-1)}
+        if self.truncation is not None:
+            rows = torch.arange(x.size(0), device=x.device)
+            slot = position % self.truncation
+            inputs = state["inputs"].clone()
+            evicted = inputs[rows, slot]  # x_{t - L_k} (zeros before the sequence start)
+            inputs[rows, slot] = u.to(inputs.dtype)
+            new["inputs"] = inputs
+            new["lag_hidden"] = phi * state["lag_hidden"] + p_beta * evicted.unsqueeze(-1)
+        y = self._readout(new, phi)
+        return y.type_as(x) + x * self.omega, new
+
+    def forward_chunk(self, x: Tensor, state: Dict[str, Tensor], position: Tensor,
+                      padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """T tokens at once with a carried state (prompt prefill): equal to T ``step`` calls.
+
+        x: ``(T, B, D)``; position ``(B,)`` of its first token; padding_mask ``(B, T)``.
+        Returns ``(y (T, B, D), state)``.
+        """
         seq_len = x.size(0)
-        u = upcast(x.permute(1, 2, 0))  # (B, D, T)
+        u = x if padding_mask is None else x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
+        u = upcast(u).permute(1, 2, 0)  # (B, D, T)
+        y, hidden = self._scan(u, state["hidden"])
+        new = {"hidden": hidden}
+        if self.truncation is not None:
+            trunc = self.truncation
+            offsets = torch.arange(trunc, device=x.device)
+            rows = torch.arange(x.size(1), device=x.device).unsqueeze(1)
+            # the ring in chronological order (oldest first), then the new inputs
+            history = state["inputs"][rows, (position.unsqueeze(1) + offsets) % trunc]  # (B, L_k, D)
+            seq = torch.cat([history.transpose(1, 2), u], dim=2)  # (B, D, L_k + T)
+            y = _causal_fft_conv(seq, self.kernel(trunc))[..., trunc:]
+            # inputs leaving the ring advance h_lag; the last L_k inputs stay
+            new["lag_hidden"] = self._scan(seq[..., :seq_len], state["lag_hidden"])[1]
+            inputs = torch.empty_like(state["inputs"])
+            inputs[rows, (position.unsqueeze(1) + seq_len + offsets) % trunc] = seq[..., seq_len:].transpose(1, 2)
+            new["inputs"] = inputs
+        return y.type_as(x).permute(2, 0, 1) + x * self.omega, new
+
+    def _scan(self, u: Tensor, h0: Tensor) -> Tuple[Tensor, Tensor]:
+        """The untruncated recurrence over a chunk, in parallel. u: ``(B, D, T)`` (>= fp32),
+        h0: ``(B, D, N)``. Returns ``(C h_t for t < T (B, D, T), h_T)``, no omega skip."""
+        seq_len = u.size(-1)
         p_beta, phi = self.coefficients()
         gamma = upcast(self.gamma) * self.scale
-        log_phi = torch.log(phi)  # (D, N, 1)
-        lags = torch.arange(seq_len, device=x.device, dtype=phi.dtype).view(1, 1, seq_len)
-        vander = torch.exp(lags * log_phi)  # phi^l, (D, N, T)
-        k = torch.einsum("dnl,dn->dl", p_beta * vander, gamma)
-        y = _causal_fft_conv(u, k)  # (B, D, T)
-        # h_T = sum_s p beta phi^(T-1-s) x_s  (+ phi^T h_0)
-        h = torch.einsum("dnl,bdl->bdn", p_beta * vander.flip(-1), u)
-        if prev_state is not None:
-            # contribution of h_0 to y_t is sum_n kappa gamma phi^(t+1) h_0
-            decay = vander * phi  # phi^(t+1), (D, N, T)
-            y = y + torch.einsum("dnt,dn,bdn->bdt", decay, gamma, prev_state)
-            h = h + decay[..., -1] * prev_state
-        y = y.type_as(x).permute(2, 0, 1) + x * self.omega
+        lags = torch.arange(seq_len, device=u.device, dtype=phi.dtype).view(1, 1, seq_len)
+        vander = torch.exp(lags * torch.log(phi))  # phi^l, (D, N, T)
+        y = _causal_fft_conv(u, torch.einsum("dnl,dn->dl", p_beta * vander, gamma))
+        decay = vander * phi  # phi^(t+1): how h_0 reaches y_t
+        y = y + torch.einsum("dnt,dn,bdn->bdt", decay, gamma, h0)
+        # h_T = sum_s p beta phi^(T-1-s) u_s + phi^T h_0
+        h = torch.einsum("dnl,bdl->bdn", p_beta * vander.flip(-1), u) + decay[..., -1] * h0
         return y, h
 
     def extra_repr(self) -> str:

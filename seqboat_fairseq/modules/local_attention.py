@@ -152,3 +152,38 @@ def local_attention(
         weights = dropout(weights)
     out = torch.einsum("bnqk,bnkh->bnqh", weights, vf)
     return out.reshape(bsz, padded, -1)[:, :slots]
+
+
+def memory_attention(
+    q: Tensor,
+    memory_k: Tensor,
+    memory_v: Tensor,
+    memory_valid: Tensor,
+    *,
+    window: Optional[int],
+    activation: str,
+    offsets: Optional[Tensor] = None,
+    bias: Optional[Callable[[Tensor], Tensor]] = None,
+    dropout: Optional[Callable[[Tensor], Tensor]] = None,
+) -> Tensor:
+    """One causal query per row over its working memory (decoding; ``local_attention`` with
+    a single new slot).
+
+    Args:
+        q: ``(B, Z)`` query of the new token (rotary applied, not scaled).
+        memory_k, memory_v: ``(B, M, Z)``, ``(B, M, H)``: the remembered activated tokens
+            followed by the new token itself (it always attends to itself).
+        memory_valid: ``(B, M)`` bool.
+        offsets: ``(B, M)`` integer ``pos_key - pos_query`` for ``bias``.
+    Returns ``(B, H)``.
+    """
+    scale = query_scale(activation, q.size(-1), window, causal=True)
+    if scale is None:  # full mode relu2/laplace: 1 / (number of keys, itself included)
+        scale = 1.0 / memory_valid.sum(-1, keepdim=True).clamp(min=1).to(q.dtype)
+    scores = torch.einsum("bz,bmz->bm", upcast(q * scale), upcast(memory_k))
+    if bias is not None:
+        scores = scores + upcast(bias(offsets))
+    weights = attention_weights(scores, memory_valid, activation).type_as(memory_v)
+    if dropout is not None:
+        weights = dropout(weights)
+    return torch.einsum("bm,bmh->bh", weights, memory_v)
