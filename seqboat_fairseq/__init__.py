@@ -4,6 +4,7 @@ Importing the package registers its models, architectures, optimizer and LR sche
 """
 
 from . import checkpoint_compat  # noqa: F401  (must come first: torch.load allow-list)
+from . import encoders  # noqa: F401
 from . import models  # noqa: F401
 from . import optim  # noqa: F401
 
