@@ -1,0 +1,1 @@
+"""Standalone data-preparation scripts (run them as ``python data_prep/<name>.py``)."""
