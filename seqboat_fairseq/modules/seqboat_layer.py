@@ -44,6 +44,7 @@ class LayerActivation(NamedTuple):
 
 
 DecodingState = Dict[str, Tensor]
+MEMORY_SLOTS = ("memory_key", "memory_value", "memory_position", "memory_fill")
 
 
 @with_incremental_state
@@ -215,12 +216,29 @@ class SeqBoatLayer(nn.Module):
         s = self.dropout(F.silu(e)).unsqueeze(1)  # (B, 1, D)
         hx, active, gate = self.route(s, None if padding_mask is None else padding_mask.unsqueeze(1))
 
+        new_state = {f"ema_{key}": value for key, value in ema_state.items()}
+        if bool(active.any()):
+            gated, k, v = self._attend_memory(s, state, position)
+            gated = gated * (gate if gate is not None else active.to(s.dtype)).unsqueeze(-1)
+            new_state.update(self._push(state, active[:, 0], k[:, 0], v[:, 0], position))
+        else:  # every row skipped the GAU: only the EMA and the always-on path ran
+            gated = torch.zeros_like(s)
+            new_state.update({key: state[key] for key in MEMORY_SLOTS})
+        y = self.combine(hx.transpose(0, 1), gated.transpose(0, 1), residual.unsqueeze(0))[0]
+        new_state["position"] = position + 1
+        confidence = gate if gate is not None else active.to(s.dtype)
+        return y, LayerActivation(active, confidence), new_state
+
+    def _attend_memory(self, s: Tensor, state: DecodingState, position: Tensor
+                       ) -> Tuple[Tensor, Tensor, Tensor]:
+        """GAU of one new token over [working memory; itself]. s: ``(B, 1, D)``.
+        Returns ``(GAU output (B, 1, D), k (B, 1, Z), v (B, 1, H))``."""
         gau = self.gau
         q, k, r, v = gau.project(s, position.unsqueeze(1))
         fill, capacity = state["memory_fill"], state["memory_key"].size(1)
-        keys = torch.cat([state["memory_key"], k], dim=1)  # memory, then the token itself
+        keys = torch.cat([state["memory_key"], k], dim=1)
         values = torch.cat([state["memory_value"], v], dim=1)
-        slots = torch.arange(capacity + 1, device=x.device)
+        slots = torch.arange(capacity + 1, device=s.device)
         valid = (slots < fill.unsqueeze(1)) | (slots == capacity)
         if gau.local_pos:  # slot offsets: memory entry i is (fill - i) activated tokens back
             offsets = torch.where(slots == capacity, 0, slots - fill.unsqueeze(1))
@@ -229,18 +247,7 @@ class SeqBoatLayer(nn.Module):
         attended = memory_attention(
             q[:, 0], keys, values, valid, window=gau.window, activation=gau.activation,
             offsets=offsets, bias=gau.rel_pos, dropout=gau.attention_dropout)
-        gated = gau.output(attended.unsqueeze(1), r)  # (B, 1, D)
-        if gate is not None:
-            gated = gated * gate.unsqueeze(-1)
-        else:
-            gated = gated * active.unsqueeze(-1)
-        y = self.combine(hx.transpose(0, 1), gated.transpose(0, 1), residual.unsqueeze(0))[0]
-
-        new_state = {f"ema_{key}": value for key, value in ema_state.items()}
-        new_state.update(self._push(state, active[:, 0], k[:, 0], v[:, 0], position))
-        new_state["position"] = position + 1
-        confidence = gate if gate is not None else active.to(s.dtype)
-        return y, LayerActivation(active, confidence), new_state
+        return gau.output(attended.unsqueeze(1), r), k, v
 
     def _push(self, state: DecodingState, active: Tensor, k: Tensor, v: Tensor, position: Tensor
               ) -> DecodingState:
@@ -248,8 +255,6 @@ class SeqBoatLayer(nn.Module):
         drops its oldest entry (FIFO). Skipped rows keep their memory unchanged."""
         keys, values = state["memory_key"], state["memory_value"]
         positions, fill = state["memory_position"], state["memory_fill"]
-        if not bool(active.any()):
-            return {"memory_key": keys, "memory_value": values, "memory_position": positions, "memory_fill": fill}
         if self.window is None and bool((active & (fill == keys.size(1))).any()):  # SeqBoat-full: grow
             keys, values, positions = (torch.cat([t, t.new_zeros(t.size(0), 1, *t.shape[2:])], dim=1)
                                        for t in (keys, values, positions))

@@ -1,0 +1,39 @@
+"""Generate and score text with a trained SeqBoat LM through fairseq's hub interface.
+
+    python examples/enwik8/hub_generate.py --checkpoint-dir CKPT --data DATA_BIN --prompt "The "
+
+Decoding is incremental: each new byte costs O(w) per layer (constant-size state), whatever
+the prompt length; the prompt itself is processed token by token by fairseq's generator.
+"""
+
+import argparse
+
+import torch
+
+from seqboat_fairseq.models.seqboat_lm import SeqBoatLanguageModel
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint-dir", required=True)
+    parser.add_argument("--checkpoint-file", default="checkpoint_best.pt")
+    parser.add_argument("--data", required=True, help="the data-bin directory (for dict.txt)")
+    parser.add_argument("--prompt", default="The ")
+    parser.add_argument("--max-len", type=int, default=120)
+    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    lm = SeqBoatLanguageModel.from_pretrained(args.checkpoint_dir, args.checkpoint_file,
+                                              data_name_or_path=args.data, bpe="enwik8_bytes")
+    lm.eval()
+    text = lm.sample(args.prompt, beam=1, sampling=True, sampling_topk=args.topk, max_len_b=args.max_len)
+    print(f"hub sample: {text!r}")
+    scores = lm.score(args.prompt)["positional_scores"]
+    bits = -scores.sum().item() / torch.log(torch.tensor(2.0)).item()
+    print(f"hub score:  {args.prompt!r} costs {bits:.1f} bits ({bits / len(scores):.2f} per byte)")
+
+
+if __name__ == "__main__":
+    main()
