@@ -10,11 +10,7 @@ import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple
 
-import torch
-import torch.nn.functional as F
-from fairseq import utils
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from fairseq.logging import metrics
 from fairseq.models import (
     FairseqIncrementalDecoder,
     FairseqLanguageModel,
@@ -27,6 +23,7 @@ from torch import Tensor, nn
 
 from ..modules.norms import NORM_TYPES, SequenceNorm
 from ..modules.seqboat_layer import LayerActivation, SeqBoatLayer, upgrade_upstream_layer_keys
+from .activation_stats import log_activation_rates
 
 DEFAULT_MAX_TARGET_POSITIONS = 1024
 
@@ -203,26 +200,6 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
                 state_dict[key.replace(".nffn.", ".ffn.", 1)] = state_dict.pop(key)
         state_dict.pop(f"{prefix}version", None)
         return state_dict
-
-
-def activation_rates(activations: List[LayerActivation], padding_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """Fraction of non-pad tokens routed to the GAU, per layer: ``(rates (layers,), ntokens)``."""
-    active = torch.stack([a.active for a in activations])  # (layers, B, T)
-    ntokens = active[0].numel() if padding_mask is None else (~padding_mask).sum()
-    ntokens = torch.as_tensor(ntokens, device=active.device).clamp(min=1)
-    return active.flatten(1).sum(-1) / ntokens, ntokens
-
-
-def log_activation_rates(activations: List[LayerActivation], padding_mask: Optional[Tensor]) -> None:
-    """Logs ``act_rate_l{i}`` and ``act_rate`` into the active fairseq metric aggregators
-    (training, validation); a no-op when none is active (generation, eval-lm)."""
-    if not activations or not metrics.get_active_aggregators():
-        return
-    rates, ntokens = activation_rates(activations, padding_mask)
-    rates, weight = rates.detach().cpu(), float(ntokens)
-    metrics.log_scalar("act_rate", rates.mean(), weight, round=3)
-    for i, rate in enumerate(rates):
-        metrics.log_scalar(f"act_rate_l{i}", rate, weight, round=3)
 
 
 # --------------------------------------------------------------------------- architectures
