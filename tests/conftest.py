@@ -52,3 +52,29 @@ def build_lm(data_dir, *cli_args):
     cfg = convert_namespace_to_omegaconf(args)
     task = tasks.setup_task(cfg.task)
     return task.build_model(cfg.model), task, cfg
+
+
+def write_lra_dictionaries(directory, symbols=("[MAX", "[MIN", "[MED", "[SM", "]", *map(str, range(10))),
+                           labels=tuple(map(str, range(10))), two_documents=False):
+    """The dict.txt files an lra-text data directory needs (``src-bin``, ``label-bin``)."""
+    for sub, entries in (("src-bin", symbols), ("label-bin", labels)):
+        os.makedirs(os.path.join(directory, sub), exist_ok=True)
+        with open(os.path.join(directory, sub, "dict.txt"), "w") as f:
+            f.writelines(f"{s} {1000 - i}\n" for i, s in enumerate(entries))
+    if two_documents:
+        os.makedirs(os.path.join(directory, "src1-bin"), exist_ok=True)
+    return str(directory)
+
+
+def build_lra(data_dir, task, *cli_args):
+    """Builds an LRA model exactly as fairseq-train would, from command-line arguments."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(
+        parser, [str(data_dir), "--user-dir", PLUGIN_DIR, "--task", task, "--criterion", "lra_cross_entropy",
+                 *cli_args])
+    cfg = convert_namespace_to_omegaconf(args)
+    task_obj = tasks.setup_task(cfg.task)
+    return task_obj.build_model(cfg.model), task_obj, cfg

@@ -1,3 +1,4 @@
 """Registers the SeqBoat models and their architectures with fairseq."""
 
 from . import seqboat_lm  # noqa: F401
+from . import seqboat_lra  # noqa: F401

@@ -17,7 +17,6 @@ from fairseq.models import (
     register_model,
     register_model_architecture,
 )
-from fairseq.utils import safe_getattr
 from omegaconf import II
 from torch import Tensor, nn
 
@@ -84,8 +83,8 @@ class SeqBoatLanguageModel(FairseqLanguageModel):
     @classmethod
     def build_model(cls, args, task):
         seqboat_lm_base(args)
-        if safe_getattr(args, "max_target_positions", None) is None:
-            args.max_target_positions = safe_getattr(args, "tokens_per_sample", DEFAULT_MAX_TARGET_POSITIONS)
+        if getattr(args, "max_target_positions", None) is None:
+            args.max_target_positions = getattr(args, "tokens_per_sample", None) or DEFAULT_MAX_TARGET_POSITIONS
         dictionary = task.target_dictionary
         input_dim = args.decoder_input_dim or args.decoder_embed_dim
         embed_tokens = nn.Embedding(len(dictionary), input_dim, dictionary.pad())
@@ -203,36 +202,31 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
 
 
 # --------------------------------------------------------------------------- architectures
-def _fill_defaults(args) -> None:
-    """Sets every config value the user and the preset left unset to the dataclass default."""
+def seqboat_lm_base(args) -> None:
+    """``--arch seqboat_lm`` (registered by ``register_model``): fills every value the user and
+    the preset left unset with the dataclass default."""
     for f in fields(SeqBoatLMConfig):
         interpolated = isinstance(f.default, str) and f.default.startswith("${")
-        if f.default is not MISSING and not interpolated and safe_getattr(args, f.name, None) is None:
+        if f.default is not MISSING and not interpolated and getattr(args, f.name, None) is None:
             setattr(args, f.name, f.default)
 
 
-def seqboat_lm_base(args):
-    """``--arch seqboat_lm`` (registered by ``register_model``): the dataclass defaults."""
-    _fill_defaults(args)
+def _preset(args, **values) -> None:
+    """Sets each value the user left unset (None counts as unset: fairseq's ``safe_getattr``
+    would keep an explicit None, e.g. the task's ``max_target_positions``), then the base."""
+    for name, value in values.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    seqboat_lm_base(args)
 
 
 @register_model_architecture("seqboat_lm", "seqboat_lm_tiny")
 def seqboat_lm_tiny(args):
     """Tiny model for tests and the README demo (~0.2M parameters with a byte vocabulary)."""
-    args.decoder_layers = safe_getattr(args, "decoder_layers", 2)
-    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 64)
-    args.decoder_hidden_dim = safe_getattr(args, "decoder_hidden_dim", 128)
-    args.decoder_z_dim = safe_getattr(args, "decoder_z_dim", 32)
-    args.decoder_n_dim = safe_getattr(args, "decoder_n_dim", 8)
-    args.decoder_chunk_size = safe_getattr(args, "decoder_chunk_size", 32)
-    args.truncation_length = safe_getattr(args, "truncation_length", 0)  # no truncation
-    args.dropout = safe_getattr(args, "dropout", 0.0)
-    args.rel_pos_bias = safe_getattr(args, "rel_pos_bias", "rotary")
-    args.normalize_before = safe_getattr(args, "normalize_before", True)
-    args.no_affine_final_norm = safe_getattr(args, "no_affine_final_norm", True)
-    args.init_temp_scale = safe_getattr(args, "init_temp_scale", 1.0)
-    args.share_decoder_input_output_embed = safe_getattr(args, "share_decoder_input_output_embed", True)
-    seqboat_lm_base(args)
+    _preset(args, decoder_layers=2, decoder_embed_dim=64, decoder_hidden_dim=128, decoder_z_dim=32,
+            decoder_n_dim=8, decoder_chunk_size=32, truncation_length=0, dropout=0.0, rel_pos_bias="rotary",
+            normalize_before=True, no_affine_final_norm=True, init_temp_scale=1.0,
+            share_decoder_input_output_embed=True)
 
 
 @register_model_architecture("seqboat_lm", "seqboat_lm_enwik8_base")
@@ -240,67 +234,46 @@ def seqboat_lm_enwik8_base(args):
     """The paper's enwik8 model (spec 8.2, ``slag_lm_enwik8_base_v2`` + recipe flags): 14 layers,
     D=616, H=1232, Z=128, N=16, w=1024, rotary, softmax, prenorm. 2,781,883 params per layer,
     ~39.07M in total with a byte dictionary."""
-    args.decoder_layers = safe_getattr(args, "decoder_layers", 14)
-    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 616)
-    args.decoder_hidden_dim = safe_getattr(args, "decoder_hidden_dim", 1232)
-    args.decoder_z_dim = safe_getattr(args, "decoder_z_dim", 128)
-    args.decoder_n_dim = safe_getattr(args, "decoder_n_dim", 16)
-    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", -1)
-    args.decoder_chunk_size = safe_getattr(args, "decoder_chunk_size", 1024)
-    args.truncation_length = safe_getattr(args, "truncation_length", 2048)
-    args.dropout = safe_getattr(args, "dropout", 0.15)
-    args.attention_dropout = safe_getattr(args, "attention_dropout", 0.0)
-    args.hidden_dropout = safe_getattr(args, "hidden_dropout", 0.0)
-    args.attention_activation_fn = safe_getattr(args, "attention_activation_fn", "softmax")
-    args.rel_pos_bias = safe_getattr(args, "rel_pos_bias", "rotary")
-    args.normalization_type = safe_getattr(args, "normalization_type", "layernorm")
-    args.normalize_before = safe_getattr(args, "normalize_before", True)
-    args.no_affine_final_norm = safe_getattr(args, "no_affine_final_norm", True)
-    args.init_temp_scale = safe_getattr(args, "init_temp_scale", 1.0)
-    args.share_decoder_input_output_embed = safe_getattr(args, "share_decoder_input_output_embed", True)
-    args.max_target_positions = safe_getattr(args, "max_target_positions", 10384)
-    seqboat_lm_base(args)
+    _preset(args, decoder_layers=14, decoder_embed_dim=616, decoder_hidden_dim=1232, decoder_z_dim=128,
+            decoder_n_dim=16, decoder_ffn_embed_dim=-1, decoder_chunk_size=1024, truncation_length=2048,
+            dropout=0.15, attention_dropout=0.0, hidden_dropout=0.0, attention_activation_fn="softmax",
+            rel_pos_bias="rotary", normalization_type="layernorm", normalize_before=True,
+            no_affine_final_norm=True, init_temp_scale=1.0, share_decoder_input_output_embed=True,
+            max_target_positions=10384)
 
 
 # Upstream names, with upstream's architecture defaults (spec 8.2), so upstream recipes and
 # checkpoints resolve. Differences: activation_dropout defaults to 0.0 instead of crashing (H18).
+def _slag_preset(args, layers=6, dim=512, hidden=1664, zdim=128, dropout=0.1, attention_dropout=0.0,
+                 hidden_dropout=0.0, activation_dropout=0.0):
+    hidden = getattr(args, "decoder_hidden_dim", None) or hidden
+    _preset(args, decoder_layers=layers, decoder_embed_dim=dim, decoder_hidden_dim=hidden,
+            decoder_ffn_embed_dim=hidden, decoder_z_dim=zdim, dropout=dropout,
+            attention_dropout=attention_dropout, hidden_dropout=hidden_dropout,
+            activation_dropout=activation_dropout)
+
+
 @register_model_architecture("seqboat_lm", "slag_lm")
 def slag_lm(args):
-    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim",
-                                              safe_getattr(args, "decoder_hidden_dim", 1664))
-    seqboat_lm_base(args)
-
-
-def _slag_preset(args, layers, dim, hidden, ffn, zdim, dropout=0.1, attention_dropout=0.0,
-                 hidden_dropout=0.0, activation_dropout=0.0):
-    args.decoder_layers = safe_getattr(args, "decoder_layers", layers)
-    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", dim)
-    args.decoder_hidden_dim = safe_getattr(args, "decoder_hidden_dim", hidden)
-    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", ffn)
-    args.decoder_z_dim = safe_getattr(args, "decoder_z_dim", zdim)
-    args.dropout = safe_getattr(args, "dropout", dropout)
-    args.attention_dropout = safe_getattr(args, "attention_dropout", attention_dropout)
-    args.hidden_dropout = safe_getattr(args, "hidden_dropout", hidden_dropout)
-    args.activation_dropout = safe_getattr(args, "activation_dropout", activation_dropout)
-    slag_lm(args)
+    _slag_preset(args)
 
 
 @register_model_architecture("seqboat_lm", "slag_lm_big")
 def slag_lm_big(args):
-    _slag_preset(args, 16, 1024, 2048, 2048, 256)
+    _slag_preset(args, 16, 1024, 2048, 256)
 
 
 @register_model_architecture("seqboat_lm", "slag_lm_enwik8_base")
 def slag_lm_enwik8_base(args):
-    _slag_preset(args, 12, 512, 1024, 1024, 128)
+    _slag_preset(args, 12, 512, 1024, 128)
 
 
 @register_model_architecture("seqboat_lm", "slag_lm_enwik8_base_v2")
 def slag_lm_enwik8_base_v2(args):
     """The architecture the paper's enwik8 recipe names; the recipe adds -1 FFN, w=1024, rotary..."""
-    _slag_preset(args, 14, 616, 1232, 1232, 128)
+    _slag_preset(args, 14, 616, 1232, 128)
 
 
 @register_model_architecture("seqboat_lm", "slag_lm_enwik8_large")
 def slag_lm_enwik8_large(args):
-    _slag_preset(args, 20, 512, 1024, 1024, 128)
+    _slag_preset(args, 20, 512, 1024, 128)

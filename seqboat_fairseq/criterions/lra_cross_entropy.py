@@ -1,0 +1,61 @@
+"""``--criterion lra_cross_entropy`` (spec 10.4): summed NLL over sentences, accuracy.
+
+Logs ``loss`` in bits (per sentence with ``--sentence-avg``, as every LRA recipe uses) and
+``accuracy`` in percent; select checkpoints with ``--best-checkpoint-metric accuracy
+--maximize-best-checkpoint-metric``. The model logs its per-layer activation rates itself.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import metrics
+from omegaconf import II
+
+
+@dataclass
+class LRACrossEntropyConfig(FairseqDataclass):
+    sentence_avg: bool = II("optimization.sentence_avg")
+
+
+@register_criterion("lra_cross_entropy", dataclass=LRACrossEntropyConfig)
+class LRACrossEntropyCriterion(FairseqCriterion):
+    def __init__(self, task, sentence_avg: bool):
+        super().__init__(task)
+        self.sentence_avg = sentence_avg
+
+    def forward(self, model, sample, reduce: bool = True):
+        logits, _ = model(**sample["net_input"])
+        target = sample["target"].view(-1)
+        lprobs = F.log_softmax(logits.float(), dim=-1)
+        if target.numel() and (int(target.max()) >= lprobs.size(-1) or int(target.min()) < 0):
+            raise ValueError(f"labels {target.min().item()}..{target.max().item()} are outside the model's "
+                             f"{lprobs.size(-1)} classes (--sentence-class-num)")
+        loss = F.nll_loss(lprobs, target, reduction="sum" if reduce else "none")
+        ncorrect = (lprobs.argmax(dim=-1) == target).sum()
+        sample_size = sample["nsentences"] if self.sentence_avg else sample["ntokens"]
+        logging_output = {
+            "loss": loss.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["nsentences"],
+            "sample_size": sample_size,
+            "ncorrect": ncorrect.data,
+        }
+        return loss, sample_size, logging_output
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        loss_sum = sum(log.get("loss", 0) for log in logging_outputs)
+        sample_size = sum(log.get("sample_size", 0) for log in logging_outputs)
+        nsentences = sum(log.get("nsentences", 0) for log in logging_outputs)
+        ncorrect = sum(log.get("ncorrect", 0) for log in logging_outputs)
+        metrics.log_scalar("loss", loss_sum / max(sample_size, 1) / math.log(2), sample_size, round=3)
+        if nsentences > 0:
+            metrics.log_scalar("accuracy", 100.0 * ncorrect / nsentences, nsentences, round=2)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

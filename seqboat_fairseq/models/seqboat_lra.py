@@ -1,0 +1,392 @@
+"""SeqBoat sentence classifier for Long Range Arena (``--arch seqboat_lra*``; upstream ``lra`` with
+``layer_type slag`` and the ``slag_lra_*`` architectures). Spec sections 8.3-8.5.
+
+    tokens (text) or pixels (image) -> embedding [+ scaled sinusoidal positions]
+    -> N bidirectional SeqBoat layers -> [final norm if prenorm]
+    -> sentence representation (masked mean ``mp`` or first token ``cls``)
+    -> [two-tower Retrieval: concat(r1, r0[, r0 * r1, r0 - r1])]
+    -> Linear -> dropout -> GELU -> Linear (no bias) -> class logits
+"""
+
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
+from fairseq.modules.fairseq_dropout import FairseqDropout
+from omegaconf import II
+from torch import Tensor, nn
+
+from ..modules.norms import NORM_TYPES, SequenceNorm
+from ..modules.seqboat_layer import LayerActivation, SeqBoatLayer, upgrade_upstream_layer_keys
+from .activation_stats import log_activation_rates
+
+
+@dataclass
+class SeqBoatLRAConfig(FairseqDataclass):
+    """Defaults = the upstream LRA base architecture with the SeqBoat parser defaults, except
+    that no FFN is built (every recipe passes ``--encoder-ffn-embed-dim -1``)."""
+
+    input_type: ChoiceEnum(["text", "image"]) = II("task.input_type")
+    encoder_layers: int = field(default=6, metadata={"help": "number of SeqBoat layers"})
+    encoder_embed_dim: int = field(default=128, metadata={"help": "model dimension D"})
+    encoder_hidden_dim: int = field(default=256, metadata={"help": "GAU value dimension H"})
+    z_dim: int = field(default=64, metadata={"help": "GAU shared query/key dimension Z"})
+    n_dim: int = field(default=16, metadata={"help": "MD-EMA expansion dimension N"})
+    encoder_ffn_embed_dim: int = field(default=-1, metadata={"help": "FFN size after each layer; <= 0: none"})
+    chunk_size: int = field(
+        default=-1, metadata={"help": "working memory w: each token attends to w activated tokens on each "
+                                      "side; <= 0: SeqBoat-full"})
+    truncation_length: int = field(default=1024, metadata={"help": "MD-EMA kernel truncation (<= 0: none)"})
+    max_positions: int = II("task.max_positions")
+    norm_type: ChoiceEnum(list(NORM_TYPES)) = field(default="layernorm", metadata={"help": "normalisation"})
+    encoder_normalize_before: bool = field(default=False, metadata={"help": "prenorm (adds a final norm)"})
+    attention_activation_fn: ChoiceEnum(["softmax", "relu2", "laplace"]) = field(
+        default="relu2", metadata={"help": "attention activation"})
+    activation_fn: ChoiceEnum(["silu"]) = field(default="silu", metadata={"help": "SeqBoat uses SiLU"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout"})
+    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
+    act_dropout: float = field(default=0.0, metadata={"help": "dropout on the GAU values (and inside the FFN)"})
+    rel_pos_bias: ChoiceEnum(["simple", "rotary"]) = field(default="simple", metadata={"help": "positions"})
+    local_pos: bool = field(default=False, metadata={"help": "simple bias over working-memory slot offsets"})
+    init_temp_scale: float = field(default=0.3, metadata={"help": "router tau_0 = scale * sqrt(D)"})
+    act_bias: float = field(default=0.0, metadata={"help": "added to the router's skip logit (> 0: sparser)"})
+    always_act: bool = field(default=False, metadata={"help": "no router: every token runs the GAU"})
+    add_apos: bool = field(default=False, metadata={"help": "add scaled sinusoidal absolute positions"})
+    sen_rep_type: ChoiceEnum(["mp", "cls"]) = II("task.sen_rep_type")
+    use_nli: bool = field(default=False, metadata={"help": "Retrieval: also feed r0 * r1 and r0 - r1"})
+    classifier_layers: int = field(default=1, metadata={"help": "classifier hidden layers"})
+    classifier_out_dim: int = field(default=256, metadata={"help": "classifier hidden size"})
+    classifier_activation_fn: ChoiceEnum(["gelu", "relu", "silu"]) = field(
+        default="gelu", metadata={"help": "classifier activation"})
+    sentence_class_num: int = field(default=2, metadata={"help": "number of classes"})
+
+
+class RealNumberEmbedding(nn.Module):
+    """A pixel value p becomes ``p * weight + bias`` (weight ~ N(0, 1), bias ~ N(0, 0.1^2))."""
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(embed_dim))
+        self.bias = nn.Parameter(torch.randn(embed_dim) * 0.1)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        """pixels ``(B, L)`` float -> ``(B, L, D)``."""
+        return pixels.unsqueeze(-1) * self.weight + self.bias
+
+
+class ScaledSinusoidalEmbedding(nn.Module):
+    """``scale * [sin(t w_0) .. sin(t w_{D/2-1}), cos(t w_0) .. cos(t w_{D/2-1})]``, w_j = 10000^(-2j/D);
+    ``scale`` is learned (init D^-1/2), ``inv_freq`` a persistent buffer (as upstream)."""
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor([embed_dim ** -0.5]))
+        self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(0, embed_dim, 2).float() / embed_dim))
+
+    def forward(self, seq_len: int) -> Tensor:
+        t = torch.arange(seq_len, device=self.inv_freq.device, dtype=self.inv_freq.dtype)
+        angles = t.unsqueeze(1) * self.inv_freq
+        return torch.cat([angles.sin(), angles.cos()], dim=-1) * self.scale
+
+
+class SeqBoatLRAEncoder(nn.Module):
+    """Embedding + bidirectional SeqBoat layers + final norm. Batch-first in, ``(B, L, D)`` out."""
+
+    def __init__(self, cfg, dictionary=None):
+        super().__init__()
+        dim = cfg.encoder_embed_dim
+        self.is_image = cfg.input_type == "image"
+        if self.is_image:
+            self.embed_pixels = RealNumberEmbedding(dim)
+            self.padding_idx = None
+        else:
+            self.padding_idx = dictionary.pad()
+            self.embed_tokens = nn.Embedding(len(dictionary), dim, self.padding_idx)
+            nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=dim ** -0.5)
+        self.pos_emb = ScaledSinusoidalEmbedding(dim) if cfg.add_apos else None
+        self.dropout = FairseqDropout(cfg.dropout, module_name=type(self).__name__)
+        truncation = cfg.truncation_length if cfg.truncation_length and cfg.truncation_length > 0 else None
+        self.layers = nn.ModuleList([
+            SeqBoatLayer(
+                dim, cfg.z_dim, cfg.encoder_hidden_dim, cfg.n_dim, bidirectional=True,
+                window=cfg.chunk_size, truncation=truncation, norm_type=cfg.norm_type,
+                prenorm=cfg.encoder_normalize_before, attention_activation=cfg.attention_activation_fn,
+                rel_pos=cfg.rel_pos_bias, max_positions=cfg.max_positions, local_pos=cfg.local_pos,
+                init_temp_scale=cfg.init_temp_scale, always_active=cfg.always_act, act_bias=cfg.act_bias,
+                dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, hidden_dropout=cfg.act_dropout,
+                ffn_dim=cfg.encoder_ffn_embed_dim, activation_dropout=cfg.act_dropout,
+            )
+            for _ in range(cfg.encoder_layers)
+        ])
+        self.final_norm = SequenceNorm(cfg.norm_type, dim) if cfg.encoder_normalize_before else None
+
+    def forward(self, src_tokens: Tensor) -> Tuple[Tensor, Optional[Tensor], List[LayerActivation]]:
+        """src_tokens: ``(B, L)`` token ids (text) or normalised pixel values (image).
+
+        Returns ``(x (B, L, D) with pads zeroed, padding_mask (B, L) or None, activations)``."""
+        if self.is_image:
+            x, padding_mask = self.embed_pixels(src_tokens.to(self.embed_pixels.weight.dtype)), None
+        else:
+            padding_mask = src_tokens.eq(self.padding_idx)
+            padding_mask = padding_mask if padding_mask.any() else None
+            x = self.embed_tokens(src_tokens)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(x.size(1)).to(x.dtype)
+        x = self.dropout(x)
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        x = x.transpose(0, 1)
+        activations = []
+        for layer in self.layers:
+            x, activation = layer(x, padding_mask)
+            activations.append(activation)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        x = x.transpose(0, 1)
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        return x, padding_mask, activations
+
+
+class ClassificationHead(nn.Module):
+    """``Linear -> dropout -> activation`` (x classifier_layers), then a bias-free projection."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, num_classes: int, num_layers: int,
+                 activation: str, dropout: float):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * num_layers
+        self.hidden = nn.ModuleList([nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])])
+        self.out_proj = nn.Linear(dims[-1], num_classes, bias=False)
+        for layer in [*self.hidden, self.out_proj]:
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        self.dropout = FairseqDropout(dropout, module_name=type(self).__name__)
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.hidden:
+            x = self.dropout(layer(x))
+            if self.activation == "gelu":  # exact erf form, in fp32 (as upstream)
+                x = F.gelu(x.float()).type_as(x)
+            else:
+                x = getattr(F, self.activation)(x)
+        return self.out_proj(x)
+
+
+@register_model("seqboat_lra", dataclass=SeqBoatLRAConfig)
+class SeqBoatLRAModel(BaseFairseqModel):
+    """Sequence classifier. ``forward(src_tokens, src_lengths[, src_tokens1, src_lengths1])``
+    returns ``(logits (B, classes), extra)`` with ``extra["activations"]`` (per layer, per document)."""
+
+    def __init__(self, cfg, encoder: SeqBoatLRAEncoder, two_tower: bool = False):
+        super().__init__()
+        self.encoder = encoder
+        self.sen_rep_type = cfg.sen_rep_type
+        self.use_nli = cfg.use_nli
+        self.max_input_positions = cfg.max_positions
+        self.two_tower = two_tower
+        towers = (4 if cfg.use_nli else 2) if two_tower else 1
+        self.classifier = ClassificationHead(towers * cfg.encoder_embed_dim, cfg.classifier_out_dim,
+                                             cfg.sentence_class_num, cfg.classifier_layers,
+                                             cfg.classifier_activation_fn, cfg.dropout)
+
+    @classmethod
+    def build_model(cls, cfg, task):
+        seqboat_lra_base(cfg)
+        if cfg.input_type == "image" and cfg.sen_rep_type != "mp":
+            raise ValueError("--sen-rep-type cls needs text input (no <CLS> pixel); use mp for images")
+        if cfg.activation_fn != "silu":
+            raise ValueError(f"--activation-fn {cfg.activation_fn} is not supported; SeqBoat uses silu")
+        dictionary = None if cfg.input_type == "image" else task.source_dictionary
+        return cls(cfg, SeqBoatLRAEncoder(cfg, dictionary), two_tower=getattr(task, "two_documents", False))
+
+    def sentence_representation(self, src_tokens: Tensor, src_lengths: Tensor
+                                ) -> Tuple[Tensor, List[LayerActivation], Optional[Tensor]]:
+        x, padding_mask, activations = self.encoder(src_tokens)
+        if self.sen_rep_type == "cls":
+            rep = x[:, 0]
+        else:  # masked mean: pads are zero, divide by the true length
+            rep = x.sum(dim=1) / src_lengths.to(x.dtype).unsqueeze(-1)
+        return rep, activations, padding_mask
+
+    def forward(self, src_tokens: Tensor, src_lengths: Tensor, src_tokens1: Optional[Tensor] = None,
+                src_lengths1: Optional[Tensor] = None, **unused) -> Tuple[Tensor, Dict]:
+        rep0, activations, padding_mask = self.sentence_representation(src_tokens, src_lengths)
+        log_activation_rates(activations, padding_mask)
+        extra = {"activations": [activations], "padding_mask": [padding_mask]}
+        if self.two_tower:
+            if src_tokens1 is None:
+                raise ValueError("this model was built for two documents (Retrieval); src_tokens1 is missing")
+            rep1, activations1, padding_mask1 = self.sentence_representation(src_tokens1, src_lengths1)
+            extra["activations"].append(activations1)
+            extra["padding_mask"].append(padding_mask1)
+            features = [rep1, rep0] + ([rep0 * rep1, rep0 - rep1] if self.use_nli else [])
+            rep0 = torch.cat(features, dim=-1)
+        return self.classifier(rep0), extra
+
+    def max_positions(self) -> int:
+        return self.max_input_positions
+
+    def upgrade_state_dict_named(self, state_dict: Dict[str, Tensor], name: str):
+        """Loads upstream (``lra`` / ``slag_lra_*``) checkpoints: see ``UPSTREAM_LRA_KEYS``."""
+        prefix = f"{name}." if name else ""
+        old = f"{prefix}encoder.encoder."
+        for i in range(len(self.encoder.layers)):
+            upgrade_upstream_layer_keys(state_dict, f"{old}layers.{i}.mega_layer.", f"{prefix}encoder.layers.{i}.")
+            for key in [k for k in state_dict if k.startswith(f"{old}layers.{i}.nffn.")]:
+                state_dict[key.replace(f"{old}layers.{i}.nffn.", f"{prefix}encoder.layers.{i}.ffn.")] = \
+                    state_dict.pop(key)
+        for up, ours in UPSTREAM_LRA_KEYS.items():
+            for key in [k for k in state_dict if k.startswith(prefix + up)]:
+                state_dict[prefix + ours + key[len(prefix + up):]] = state_dict.pop(key)
+        super().upgrade_state_dict_named(state_dict, name)
+        return state_dict
+
+
+# upstream LRA key prefix -> ours (the layers are handled by upgrade_upstream_layer_keys)
+UPSTREAM_LRA_KEYS = {
+    "encoder.encoder.embed_tokens.embed.": "encoder.embed_tokens.",
+    "encoder.encoder.embed_tokens.": "encoder.embed_pixels.",
+    "encoder.encoder.pos_emb.": "encoder.pos_emb.",
+    "encoder.encoder.final_norm.": "encoder.final_norm.",
+    "classifier.0.0.": "classifier.hidden.0.",
+    "sentence_projection_layer.": "classifier.out_proj.",
+}
+
+
+# --------------------------------------------------------------------------- architectures
+def seqboat_lra_base(cfg) -> None:
+    """``--arch seqboat_lra`` (registered by ``register_model``): fills unset values with the
+    dataclass defaults."""
+    if getattr(cfg, "max_positions", None) is None:  # shared with the task (truncation)
+        cfg.max_positions = 1024
+    for f in fields(SeqBoatLRAConfig):
+        interpolated = isinstance(f.default, str) and f.default.startswith("${")
+        if f.default is not MISSING and not interpolated and getattr(cfg, f.name, None) is None:
+            setattr(cfg, f.name, f.default)
+
+
+def _preset(args, **values) -> None:
+    """Sets each value the user left unset, then the base defaults."""
+    for name, value in values.items():
+        if getattr(args, name, None) is None:  # (fairseq's safe_getattr keeps an explicit None)
+            setattr(args, name, value)
+    seqboat_lra_base(args)
+
+
+# The paper's per-task configurations (spec 8.5: architecture + published recipe flags). The
+# working memory is w = 128 (Path-X: 256, the experiment script's value; spec H20).
+@register_model_architecture("seqboat_lra", "seqboat_lra_listop")
+def seqboat_lra_listop(args):
+    """ListOps: 6 x D80, post-LayerNorm, softmax, simple bias; 406,756 params + embeddings."""
+    _preset(args, encoder_layers=6, encoder_embed_dim=80, encoder_hidden_dim=160, z_dim=64, n_dim=16,
+            chunk_size=128, truncation_length=1024, max_positions=2002, norm_type="layernorm",
+            encoder_normalize_before=False, attention_activation_fn="softmax", rel_pos_bias="simple",
+            init_temp_scale=0.3, dropout=0.1, attention_dropout=0.0, act_dropout=0.0,
+            classifier_out_dim=160, sentence_class_num=10)
+
+
+@register_model_architecture("seqboat_lra", "seqboat_lra_imdb")
+def seqboat_lra_imdb(args):
+    """Text (IMDB, bytes): 4 x D128, post-ScaleNorm, softmax, local_pos; 599,564 params + embeddings."""
+    _preset(args, encoder_layers=4, encoder_embed_dim=128, encoder_hidden_dim=256, z_dim=64, n_dim=16,
+            chunk_size=128, truncation_length=1024, max_positions=4002, norm_type="scalenorm",
+            encoder_normalize_before=False, attention_activation_fn="softmax", rel_pos_bias="simple",
+            local_pos=True, init_temp_scale=0.3, dropout=0.1, attention_dropout=0.0, act_dropout=0.0,
+            classifier_out_dim=256, sentence_class_num=2)
+
+
+@register_model_architecture("seqboat_lra", "seqboat_lra_aan")
+def seqboat_lra_aan(args):
+    """Retrieval (AAN, bytes, two towers): 6 x D128, post-ScaleNorm, softmax, NLI features;
+    1,024,298 params + embeddings."""
+    _preset(args, encoder_layers=6, encoder_embed_dim=128, encoder_hidden_dim=256, z_dim=64, n_dim=16,
+            chunk_size=128, truncation_length=1024, max_positions=4002, norm_type="scalenorm",
+            encoder_normalize_before=False, attention_activation_fn="softmax", rel_pos_bias="simple",
+            init_temp_scale=0.3, dropout=0.1, attention_dropout=0.0, act_dropout=0.0, use_nli=True,
+            classifier_out_dim=256, sentence_class_num=2)
+
+
+@register_model_architecture("seqboat_lra", "seqboat_lra_cifar10")
+def seqboat_lra_cifar10(args):
+    """Image (CIFAR-10 grayscale): 8 x D160, pre-BatchNorm, relu2, absolute positions; 1,810,001 params."""
+    _preset(args, encoder_layers=8, encoder_embed_dim=160, encoder_hidden_dim=320, z_dim=96, n_dim=16,
+            chunk_size=128, truncation_length=1024, max_positions=1024, norm_type="batchnorm",
+            encoder_normalize_before=True, attention_activation_fn="relu2", rel_pos_bias="simple",
+            init_temp_scale=0.4, dropout=0.0, attention_dropout=0.0, act_dropout=0.0, add_apos=True,
+            classifier_out_dim=320, sentence_class_num=10)
+
+
+@register_model_architecture("seqboat_lra", "seqboat_lra_pf32")
+def seqboat_lra_pf32(args):
+    """Pathfinder 32x32: 6 x D128, pre-BatchNorm, relu2, absolute positions; 892,301 params."""
+    _preset(args, encoder_layers=6, encoder_embed_dim=128, encoder_hidden_dim=256, z_dim=64, n_dim=16,
+            chunk_size=128, truncation_length=1024, max_positions=1024, norm_type="batchnorm",
+            encoder_normalize_before=True, attention_activation_fn="relu2", rel_pos_bias="simple",
+            init_temp_scale=1.0, dropout=0.0, attention_dropout=0.0, act_dropout=0.0, add_apos=True,
+            classifier_out_dim=256, sentence_class_num=2)
+
+
+@register_model_architecture("seqboat_lra", "seqboat_lra_pf128")
+def seqboat_lra_pf128(args):
+    """Path-X 128x128 (16,384 pixels): 4 x D128, pre-SyncBatchNorm, relu2, w=256; 729,097 params."""
+    _preset(args, encoder_layers=4, encoder_embed_dim=128, encoder_hidden_dim=256, z_dim=64, n_dim=16,
+            chunk_size=256, truncation_length=16384, max_positions=16384, norm_type="syncbatchnorm",
+            encoder_normalize_before=True, attention_activation_fn="relu2", rel_pos_bias="simple",
+            init_temp_scale=1.0, dropout=0.0, attention_dropout=0.0, act_dropout=0.0, add_apos=True,
+            classifier_out_dim=256, sentence_class_num=2)
+
+
+# Upstream names with upstream's architecture defaults (spec 8.4), so upstream recipes and
+# checkpoints resolve: attention dropout 0.1 and an FFN of size H unless the recipe says otherwise.
+def _slag_lra(args, layers, dim, hidden, zdim, chunk, truncation, max_positions, norm, classes, out_dim):
+    _preset(args, encoder_layers=layers, encoder_embed_dim=dim, encoder_hidden_dim=hidden, z_dim=zdim,
+            n_dim=16, chunk_size=chunk, truncation_length=truncation, max_positions=max_positions,
+            norm_type=norm, sentence_class_num=classes, classifier_out_dim=out_dim,
+            attention_dropout=0.1, encoder_ffn_embed_dim=getattr(args, "encoder_hidden_dim", None) or hidden)
+
+
+@register_model_architecture("seqboat_lra", "slag_lra_listop")
+def slag_lra_listop(args):
+    _slag_lra(args, 6, 80, 160, 64, -1, 1024, 2002, "scalenorm", 10, 160)
+
+
+@register_model_architecture("seqboat_lra", "slag_lra_listop_base")
+def slag_lra_listop_base(args):
+    _slag_lra(args, 6, 128, 256, 64, -1, 1024, 2002, "scalenorm", 10, 256)
+
+
+@register_model_architecture("seqboat_lra", "slag_lra_imdb")
+def slag_lra_imdb(args):
+    _slag_lra(args, 4, 128, 256, 64, -1, 1024, 4002, "scalenorm", 2, 256)
+
+
+@register_model_architecture("seqboat_lra", "slag_lra_aan")
+def slag_lra_aan(args):
+    # upstream sets no norm type here (the recipe passes scalenorm): default to the recipe's
+    _slag_lra(args, 6, 128, 256, 64, -1, 1024, 4002, "scalenorm", 2, 256)
+
+
+@register_model_architecture("seqboat_lra", "slag_lra_cifar10")
+def slag_lra_cifar10(args):
+    _slag_lra(args, 8, 160, 320, 96, 1024, 1024, 1024, "batchnorm", 10, 320)
+
+
+@register_model_architecture("seqboat_lra", "slag_lra_pf32")
+def slag_lra_pf32(args):
+    _slag_lra(args, 6, 128, 256, 64, 1024, 1024, 1024, "batchnorm", 2, 256)
+
+
+@register_model_architecture("seqboat_lra", "slag_lra_pf128")
+def slag_lra_pf128(args):
+    _slag_lra(args, 4, 64, 128, 32, 16384, 4096, 16384, "batchnorm", 2, 128)
+
+
+@register_model_architecture("seqboat_lra", "slag_lra_pf128_base")
+def slag_lra_pf128_base(args):
+    _slag_lra(args, 6, 128, 256, 64, 16384, 16384, 16384, "batchnorm", 2, 256)
