@@ -18,6 +18,9 @@ setup(
         "numpy<2",
         "tensorboardX",
         "sentencepiece",
+        # LRA: Pathfinder PNGs (data prep) and the activation-analysis figures
+        "pillow",
+        "matplotlib",
     ],
     extras_require={"test": ["pytest", "pytest-timeout"]},
 )
