@@ -219,7 +219,7 @@ class LRAImageTask(LRATextTask):
         self.datasets[split] = LRAClassificationDataset(
             pixels, targets, self.cfg.max_positions, pixel_normalization=(mean, std),
             shuffle=not self.cfg.no_shuffle and split == "train", seed=self.cfg.seed)
-        logger.info(f"loaded {len(sources)} images of {pixels.shape[1]} pixels from {split}")
+        logger.info(f"loaded {len(pixels)} images of {pixels.shape[1]} pixels from {split}")
 
     @property
     def source_dictionary(self):
