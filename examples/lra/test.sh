@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Test accuracy of a trained LRA model (upstream: fairseq validate.py on the test split).
 #   bash examples/lra/test.sh lra-text|lra-image DATA_DIR CHECKPOINT
-# Every layer compresses per row, so the result does not depend on the batch size (spec H1).
+# Every layer compresses per row, so the result does not depend on the batch size (spec H1);
+# --required-batch-size-multiple 1 makes fairseq evaluate every example (with its default of 8 a
+# split smaller than 8 examples yields no batch at all).
 set -euo pipefail
 TASK=${1:?usage: test.sh lra-text|lra-image DATA_DIR CHECKPOINT}
 DATA=${2:?usage: test.sh lra-text|lra-image DATA_DIR CHECKPOINT}
 CKPT=${3:?usage: test.sh lra-text|lra-image DATA_DIR CHECKPOINT}
 fairseq-validate "$DATA" --user-dir seqboat_fairseq --task "$TASK" --path "$CKPT" \
-  --criterion lra_cross_entropy --valid-subset test --batch-size 32
+  --criterion lra_cross_entropy --valid-subset test --batch-size 32 --required-batch-size-multiple 1

@@ -204,6 +204,17 @@ class LRAImageTask(LRATextTask):
         return "lra-image"
 
     @classmethod
+    def add_args(cls, parser):
+        """As upstream's recipes write it: ``--pixel-normalization MEAN STD`` (two numbers; fairseq
+        would otherwise expect one list-valued string)."""
+        super().add_args(parser)
+        for action in parser._actions:
+            if "--pixel-normalization" in action.option_strings:
+                action.nargs, action.type, action.metavar = 2, float, ("MEAN", "STD")
+                if isinstance(action.default, str):  # fairseq writes list defaults as "0.5,0.5"
+                    action.default = [float(v) for v in action.default.split(",")]
+
+    @classmethod
     def setup_task(cls, cfg, **kwargs):
         _require(os.path.join(cfg.data, "input"), "pixel input directory")
         return cls(cfg, None, None)
