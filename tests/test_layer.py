@@ -27,6 +27,7 @@ CONFIGS = [
     for (b, a, (p, lp), w, (n, pre)) in itertools.product(
         [False, True], ["softmax", "relu2", "laplace"], [("simple", False), ("rotary", False), ("simple", True)],
         [3, None], [("layernorm", True), ("scalenorm", False)])
+    if not (lp and w is None)  # local_pos needs a working memory
 ]
 
 

@@ -101,6 +101,9 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
         if args.activation_fn != "silu":
             raise ValueError(f"--activation-fn {args.activation_fn} is not supported; SeqBoat uses silu")
         dim = args.decoder_embed_dim
+        if args.decoder_chunk_size > args.max_target_positions:
+            raise ValueError(f"--decoder-chunk-size {args.decoder_chunk_size} exceeds --max-target-positions "
+                             f"{args.max_target_positions}: the working memory would be longer than any input")
         self.padding_idx = embed_tokens.padding_idx
         self.max_target_positions = args.max_target_positions
         self.embed_tokens = embed_tokens

@@ -99,6 +99,9 @@ class SeqBoatLRAEncoder(nn.Module):
     def __init__(self, cfg, dictionary=None):
         super().__init__()
         dim = cfg.encoder_embed_dim
+        if cfg.chunk_size > cfg.max_positions:
+            raise ValueError(f"--chunk-size {cfg.chunk_size} exceeds --max-positions {cfg.max_positions}: the "
+                             "working memory would be longer than any input")
         self.is_image = cfg.input_type == "image"
         if self.is_image:
             self.embed_pixels = RealNumberEmbedding(dim)

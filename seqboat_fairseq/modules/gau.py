@@ -51,14 +51,16 @@ class GatedAttentionUnit(nn.Module):
         if rel_pos not in REL_POS_TYPES:
             raise ValueError(f"--rel-pos-bias must be one of {REL_POS_TYPES}, got {rel_pos!r}")
         if rel_pos == "rotary" and zdim % 2:
-            raise ValueError(f"rotary positions need an even z dim, got {zdim}")
+            raise ValueError(f"--rel-pos-bias rotary needs an even z dim (--*z-dim), got {zdim}")
+        if local_pos and (rel_pos != "simple" or window is None):
+            raise ValueError("--local-pos biases offsets inside the working memory: it needs --rel-pos-bias simple "
+                             "and a positive --chunk-size / --decoder-chunk-size")
         self.embed_dim, self.zdim, self.hdim = embed_dim, zdim, hdim
         self.window = window
         self.causal = not bidirectional
         self.activation = activation
         self.rotary = rel_pos == "rotary"
-        # local_pos only exists for the simple bias with a working memory (spec 4.1, item 3)
-        self.local_pos = local_pos and rel_pos == "simple" and window is not None
+        self.local_pos = local_pos
 
         self.qk_gamma = nn.Parameter(torch.empty(2, zdim))
         self.qk_beta = nn.Parameter(torch.zeros(2, zdim))

@@ -94,8 +94,11 @@ class SeqBoatLayer(nn.Module):
         export: bool = False,
     ):
         super().__init__()
-        if window is not None and window <= 0:
-            window = None  # chunk size <= 0 selects SeqBoat-full, as upstream
+        if window == 0:
+            raise ValueError("--chunk-size / --decoder-chunk-size 0: give the working-memory size w > 0, "
+                             "or -1 for SeqBoat-full (unbounded attention over the compressed sequence)")
+        if window is not None and window < 0:
+            window = None  # chunk size < 0 selects SeqBoat-full, as upstream
         self.embed_dim = embed_dim
         self.bidirectional = bidirectional
         self.prenorm = prenorm
