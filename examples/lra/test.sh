@@ -2,8 +2,8 @@
 # Test accuracy of a trained LRA model (upstream: fairseq validate.py on the test split).
 #   bash examples/lra/test.sh lra-text|lra-image DATA_DIR CHECKPOINT
 # Every layer compresses per row, so the result does not depend on the batch size (spec H1);
-# --required-batch-size-multiple 1 makes fairseq evaluate every example (with its default of 8 a
-# split smaller than 8 examples yields no batch at all).
+# --required-batch-size-multiple 1 makes fairseq evaluate every example: with its default of 8 it
+# silently drops the last (n mod 8) examples of the split (and yields nothing below 8 examples).
 set -euo pipefail
 TASK=${1:?usage: test.sh lra-text|lra-image DATA_DIR CHECKPOINT}
 DATA=${2:?usage: test.sh lra-text|lra-image DATA_DIR CHECKPOINT}
