@@ -50,3 +50,18 @@ def test_bad_pixel_file_names_file_and_line(tmp_path):
     path.write_text("")
     with pytest.raises(ValueError, match=r"train.src: no images"):
         read_pixel_file(str(path))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, damage):
+    import torch
+    from fairseq import checkpoint_utils
+
+    import seqboat_fairseq  # noqa: F401  (wraps fairseq's checkpoint loader)
+
+    path = tmp_path / "checkpoint_last.pt"
+    torch.save({"model": {"w": torch.randn(1000)}, "cfg": None}, path)
+    blob = path.read_bytes()
+    path.write_bytes({"truncated": blob[: len(blob) // 2], "empty": b"", "garbage": b"\x00\x01not a checkpoint"}[damage])
+    with pytest.raises(RuntimeError, match=r"cannot read checkpoint .*checkpoint_last.pt: the file is truncated or corrupt"):
+        checkpoint_utils.load_checkpoint_to_cpu(str(path))
