@@ -20,6 +20,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .precision import upcast
 
@@ -100,7 +101,12 @@ class MultiHeadEMA(nn.Module):
         if padding_mask is not None:
             u = u.masked_fill(padding_mask.unsqueeze(1), 0.0)
         kernel_len = seq_len if self.truncation is None else min(self.truncation, seq_len)
-        k = self.kernel(kernel_len)
+        if torch.is_grad_enabled() and self.delta.requires_grad:
+            # the (D', N, L_k) powers behind the kernel are cheap to recompute but would be the
+            # largest tensors autograd keeps for this layer: recompute them in the backward pass
+            k = checkpoint(self.kernel, kernel_len, use_reentrant=False)
+        else:
+            k = self.kernel(kernel_len)
         if self.bidirectional:
             y = _bidirectional_fft_conv(upcast(u), k[: self.embed_dim], k[self.embed_dim:])
         else:
