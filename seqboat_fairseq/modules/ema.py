@@ -20,7 +20,6 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from .precision import upcast
 
@@ -81,12 +80,23 @@ class MultiHeadEMA(nn.Module):
         return p * upcast(self.beta), phi
 
     def kernel(self, length: int) -> Tensor:
-        """EMA kernel ``K`` of shape ``(D', length)`` in fp32."""
+        """EMA kernel ``K[d, l] = sum_n kappa gamma p beta phi^l``, shape ``(D', length)``, fp32.
+
+        phi^l is factored as phi^(a B) * phi^b with l = a B + b and B ~ sqrt(length), so the sum
+        over n is one batched matmul of two (D', N, ~sqrt(length)) power tables: no (D', N, L)
+        tensor is ever built (it dominated the layer's time and activation memory).
+        """
         p_beta, phi = self.coefficients()
-        lags = torch.arange(length, device=phi.device, dtype=phi.dtype).view(1, 1, length)
-        vander = torch.exp(lags * torch.log(phi))  # phi^l, (D', N, length)
-        gamma = upcast(self.gamma) * self.scale
-        return torch.einsum("dnl,dn->dl", p_beta * vander, gamma)
+        coef = p_beta.squeeze(-1) * upcast(self.gamma) * self.scale  # (D', N)
+        log_phi = torch.log(phi)  # (D', N, 1)
+        block = max(1, math.isqrt(length - 1) + 1) if length > 1 else 1
+        num_blocks = -(-length // block)
+        steps = torch.arange(block, device=phi.device, dtype=phi.dtype)
+        inner = torch.exp(steps * log_phi)  # phi^b, (D', N, B)
+        outer = torch.exp(steps[:num_blocks] * block * log_phi) if num_blocks <= block else \
+            torch.exp(torch.arange(num_blocks, device=phi.device, dtype=phi.dtype) * block * log_phi)
+        k = torch.bmm((coef.unsqueeze(-1) * outer).transpose(1, 2), inner)  # (D', A, B)
+        return k.flatten(1)[:, :length]
 
     # ------------------------------------------------------------------ parallel form
     def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
@@ -101,12 +111,7 @@ class MultiHeadEMA(nn.Module):
         if padding_mask is not None:
             u = u.masked_fill(padding_mask.unsqueeze(1), 0.0)
         kernel_len = seq_len if self.truncation is None else min(self.truncation, seq_len)
-        if torch.is_grad_enabled() and self.delta.requires_grad:
-            # the (D', N, L_k) powers behind the kernel are cheap to recompute but would be the
-            # largest tensors autograd keeps for this layer: recompute them in the backward pass
-            k = checkpoint(self.kernel, kernel_len, use_reentrant=False)
-        else:
-            k = self.kernel(kernel_len)
+        k = self.kernel(kernel_len)
         if self.bidirectional:
             y = _bidirectional_fft_conv(upcast(u), k[: self.embed_dim], k[self.embed_dim:])
         else:
