@@ -1,0 +1,654 @@
+"""Generation (incremental decoding) benchmark: SeqBoat vs fairseq's stock ``transformer_lm``.
+
+Measures milliseconds per *generated* token at several context lengths (batch 1, fp32, eval
+mode, ``torch.no_grad``, CPU), the decode-state memory per layer, and the observed router
+activation rate. Nothing in the library is modified or monkey-patched.
+
+Run from the repository root::
+
+    python bench/generation.py                                  # defaults (~5-10 min, 2 cores)
+    python bench/generation.py --contexts 256,1024 --layers 4   # quicker
+    python bench/generation.py --models seqboat --profile       # + torch.profiler of one step
+
+Rows (one per model and context; each is printed in a table and as ``BENCH {json}``):
+
+``seqboat``
+    ``--arch seqboat_lm_enwik8_base`` (D=616, H=1232, Z=128, N=16, w=1024, MD-EMA truncation
+    2048, rotary, prenorm, no FFN, byte vocabulary), ``--layers`` layers, dropout 0.
+    The decoding state for a context of ``c`` tokens is built by *prefill*: one model call on
+    ``c`` random byte tokens with an empty ``incremental_state`` (every layer runs
+    ``SeqBoatLayer.forward_chunk`` once); its wall time is reported as ``prefill_ms`` and is
+    not part of the per-token numbers. Then:
+
+    * ``ms_per_token_model``: median over ``--steps`` timed calls (after ``--warmup`` untimed
+      ones) of ``model(prefix, incremental_state=state)`` with the FULL prefix of length
+      ``c + i + 1`` (fairseq's convention; the decoder feeds only the one new token). This is
+      everything: embedding, all layers, the final norm and the output projection.
+    * ``ms_per_token_layer``: every layer's ``SeqBoatLayer.step`` timed on its own, on random
+      ``N(0, 1)`` inputs of shape ``(B, D)``, each layer starting from its prefilled state and
+      advancing it; one sample per step = the mean over the layers of that step's times, then
+      the median over the timed steps (a skipped token costs less than an activated one, so
+      single-layer step times are bimodal; their per-step mean is not).
+    * ``act_rate``: fraction of (token, layer) pairs routed to the GAU during the timed
+      *model* steps (``act_rate_layer_bench``: the same during the per-layer timing). The
+      router is untrained (random init), so roughly half the tokens are activated; a trained
+      model activates fewer, so real decoding is at most this expensive.
+    * ``ms_per_token_model_at_act50``: a step costs more the more layers activate the token
+      (skipped layers: EMA step + always-on path; activated ones add the GAU output and the
+      working-memory push), so the raw median moves with whatever activation rate the untrained
+      router produces at that context. A least-squares fit ``ms = a + b * (activated layers)``
+      over the timed model steps gives ``ms_per_token_model_all_skipped`` (a),
+      ``ms_per_activated_layer`` (b) and this value, ``a + b * layers / 2``: the cost at a 50%
+      activation rate, comparable across contexts.
+    * ``state_bytes_per_layer``: ``sum(t.numel() * t.element_size())`` over layer 0's state
+      dict after prefill (MD-EMA hidden + lagged hidden + the ring of the last ``truncation``
+      inputs, the ``w``-slot working memory of keys/values/positions, counters). It must be
+      the same at every context; ``state_constant`` checks it for every layer, after prefill
+      and after the timed steps.
+
+``transformer``
+    fairseq's ``--arch transformer_lm`` of the same width/depth (``--decoder-embed-dim 616
+    --decoder-ffn-embed-dim 2464 --decoder-attention-heads 8``, sinusoidal positions), KV
+    cache decoding. Instead of stepping ``c`` tokens to build the cache, every self-attention's
+    incremental state (``MultiheadAttention._set_input_buffer``, slot ``attn_state``) is set to
+    random ``prev_key`` / ``prev_value`` of shape ``(B, heads, c, head_dim)`` with
+    ``prev_key_padding_mask=None``, exactly the layout fairseq itself stores. Timed steps pass
+    the prefix of length ``c + i + 1`` (positions come from the prefix length, so
+    ``--max-target-positions`` is set above the largest context). ``ms_per_token_layer``: every
+    ``TransformerDecoderLayer`` timed on its own on random inputs against its cache (which grows
+    by one per step), per-step mean over the layers, median over the steps, as for SeqBoat.
+    ``state_bytes_per_layer`` is the KV cache of one layer at context ``c`` (grows with c).
+
+SeqBoat and the Transformer are timed *interleaved* at each context (step i of one, then of
+the other, the order alternating), first whole-model steps, then per-layer steps, so a burst
+of CPU use by other processes hits both alike and their ratios stay fair.
+
+``seqboat_upstream_emulated``  (an EMULATION, not upstream code)
+    Upstream SeqBoat decoding recomputed the layer over the last ``truncation`` (= 2048)
+    cached tokens at every step. Emulated as one parallel ``SeqBoatLayer.forward`` (no
+    incremental state) over ``(min(c, 2048), 1, D)`` random inputs per generated token;
+    ``ms_per_token_model`` is ``layers x`` that (embedding/output projection not included).
+    It says what the per-token cost would be with that decoding scheme, nothing more.
+
+After the rows come ratio/summary lines (also ``BENCH`` lines, ``"bench":
+"generation_summary"``) checking the issue's targets:
+
+* SeqBoat ms/token (whole model) at the largest context / at the smallest context <= 1.2;
+* SeqBoat faster than the Transformer from a 4096-token context on, and >= 3x faster at 16384;
+* SeqBoat decode-state memory constant in the context.
+
+If the first target fails (per-token time grows with the context), or with ``--profile``, one
+SeqBoat model step at the largest context is profiled with ``torch.profiler`` and the top ops
+are printed.
+
+Machine-readable output: every line starting with ``BENCH `` is followed by one JSON object.
+
+CPU contention: on a small shared machine another busy process inflates OpenMP timings many
+times over. Before each timed phase (never the prefill) the script waits up to ``--wait-quiet``
+seconds (``--wait-budget`` in all) for other processes to use fewer than ``--quiet-threshold``
+cores, measures the cores other processes kept busy during the phase
+(``bench/common.py::ContentionMeter``), re-runs a disturbed phase up to ``--retries`` times
+keeping the least disturbed attempt, and reports the worst phase of each row as
+``other_cores``; rows at or above the threshold are flagged. ``--threads 1`` suffers far less
+from a busy neighbour than an OpenMP pool spanning every core.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+PLUGIN_DIR = os.path.join(REPO_ROOT, "seqboat_fairseq")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ContentionMeter, wait_until_quiet  # noqa: E402  (bench/common.py)
+
+SEQBOAT_ARCH = "seqboat_lm_enwik8_base"
+MODELS = ("seqboat", "transformer", "upstream")
+# first non-special byte token id in a fairseq byte dictionary (0..3 are <s>, <pad>, </s>, <unk>)
+FIRST_TOKEN, VOCAB = 4, 260
+
+
+# --------------------------------------------------------------------------- helpers
+def parse_ints(text: str) -> List[int]:
+    return [int(x) for x in text.replace(",", " ").split() if x]
+
+
+def write_byte_dictionary(directory: str, symbols: int = 256) -> str:
+    """A fairseq dict.txt over byte tokens "0".."255" (as tests/conftest.py)."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "dict.txt"), "w") as f:
+        for i in range(symbols):
+            f.write(f"{i} {1000 - i}\n")
+    return directory
+
+
+def build_lm(*cli_args: str):
+    """Builds a model exactly as fairseq-train would (tests/conftest.py::build_lm)."""
+    import logging
+    import warnings
+
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    for name in ("fairseq", "fairseq.tasks", "fairseq.models", "fairseq.utils", "hydra"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="seqboat_gen_bench_") as data_dir, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # hydra's deprecation chatter
+        write_byte_dictionary(data_dir)
+        parser = options.get_training_parser()
+        args = options.parse_args_and_arch(
+            parser, [data_dir, "--user-dir", PLUGIN_DIR, "--task", "language_modeling", *cli_args])
+        cfg = convert_namespace_to_omegaconf(args)
+        task = tasks.setup_task(cfg.task)
+        model = task.build_model(cfg.model)
+    return model.eval(), task
+
+
+def state_bytes(state: Dict[str, Optional[torch.Tensor]]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
+
+
+def median(values: List[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def now_ms() -> float:
+    return time.perf_counter() * 1000.0
+
+
+def emit(record: Dict) -> None:
+    print("BENCH " + json.dumps(record), flush=True)
+
+
+def fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        if value != value:
+            return "-"
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def table(headers: List[str], rows: List[List]) -> str:
+    cells = [headers] + [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cells[0], widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def human_bytes(n: Optional[int]) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024.0
+    return str(n)
+
+
+# --------------------------------------------------------------------------- timing
+class Quiet:
+    """Waits for a quiet CPU before each timed phase (sharing ``--wait-budget`` seconds of
+    waiting over the whole run) and measures the contention during the phase."""
+
+    def __init__(self, args):
+        self.args = args
+        self.budget = args.wait_budget
+
+    def wait(self) -> None:
+        max_wait = min(self.args.wait_quiet, self.budget)
+        if max_wait <= 0:
+            return
+        start = time.perf_counter()
+        wait_until_quiet(max_wait, self.args.quiet_threshold, log=lambda m: print(m, flush=True))
+        self.budget -= time.perf_counter() - start
+
+    def phase(self, run):
+        """``run() -> (times_ms, info)``. Runs it after waiting for a quiet CPU; if other
+        processes used >= ``--quiet-threshold`` cores meanwhile, runs it again (up to
+        ``--retries`` times) and keeps the least disturbed attempt.
+        Returns ``(times_ms, info, other_cores)``."""
+        best = None
+        for _ in range(self.args.retries + 1):
+            self.wait()
+            with ContentionMeter() as meter:
+                times, info = run()
+            if best is None or meter.other_cores < best[2]:
+                best = (times, info, meter.other_cores)
+            if meter.other_cores < self.args.quiet_threshold:
+                break
+        return best
+
+
+def collect(benches: List["Contestant"], phase: str, args) -> Dict[str, Dict[str, List[float]]]:
+    """One timed phase (``"model"`` or ``"layer"``) of every contestant, *interleaved*: step i
+    of each in turn (the order alternating with i), so a burst of CPU contention hits all of
+    them alike and their ratios stay fair. Returns ``{name: {"times": ms, ...counters}}``."""
+    out = {b.name: {"times": [], "active": 0, "routed": 0, "per_step_active": []} for b in benches}
+    for i in range(args.warmup + args.steps):
+        for b in (benches if i % 2 == 0 else benches[::-1]):
+            ms, active, routed = b.model_step() if phase == "model" else b.layer_step()
+            if i >= args.warmup:
+                rec = out[b.name]
+                rec["times"].append(ms)
+                rec["active"] += active
+                rec["routed"] += routed
+                rec["per_step_active"].append(active)
+    return out
+
+
+def activation_fit(times: List[float], active: List[int]) -> Optional[Dict[str, float]]:
+    """Least-squares ``ms = skip_ms + extra_ms * (activated layers in the step)`` over the timed
+    model steps: a SeqBoat step costs more the more layers route the token to the GAU, so the
+    raw median moves with the activation rate the (untrained) router happens to produce."""
+    n = len(times)
+    if n < 3 or len(set(active)) < 2:
+        return None
+    mean_a, mean_t = sum(active) / n, sum(times) / n
+    var = sum((a - mean_a) ** 2 for a in active)
+    slope = sum((a - mean_a) * (t - mean_t) for a, t in zip(active, times)) / var
+    return {"skip_ms": mean_t - slope * mean_a, "extra_ms_per_active_layer": slope}
+
+
+class Contestant:
+    name = ""
+
+    def model_step(self):
+        """One generated token through the whole model: ``(ms, active, routed)``."""
+        raise NotImplementedError
+
+    def layer_step(self):
+        """One token through every layer, each timed alone: ``(mean ms per layer, active, routed)``."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- SeqBoat
+def seqboat_states(model, incremental_state) -> List[Dict[str, torch.Tensor]]:
+    return [layer.get_incremental_state(incremental_state, "seqboat_state") for layer in model.decoder.layers]
+
+
+class SeqBoatContestant(Contestant):
+    """Prefills ``context`` random tokens (timed as ``prefill_ms``), then steps one token at a time."""
+
+    name = "seqboat"
+
+    def __init__(self, model, context: int, args, gen: torch.Generator):
+        self.model, self.context, self.layers = model, context, model.decoder.layers
+        bsz, dim = args.batch_size, model.decoder.embed_tokens.embedding_dim
+        steps = (args.warmup + args.steps) * (args.retries + 1)
+        self.tokens = torch.randint(FIRST_TOKEN, VOCAB, (bsz, context + steps + 8), generator=gen)  # + profile
+        self.xs = torch.randn(steps + 1, len(self.layers), bsz, dim, generator=gen)
+        self.incremental_state: Dict = {}
+        start = now_ms()
+        model(self.tokens[:, :context], incremental_state=self.incremental_state)  # one parallel pass
+        self.prefill_ms = now_ms() - start
+        states = seqboat_states(model, self.incremental_state)
+        assert int(states[0]["position"][0]) == context
+        self.layer_bytes = [state_bytes(s) for s in states]
+        self.shapes = [{k: tuple(v.shape) for k, v in s.items()} for s in states]
+        self.layer_states = [dict(s) for s in states]  # step / forward_chunk never mutate a state in place
+        self.layer_calls = 0
+
+    def model_step(self):
+        # fairseq convention: the FULL prefix; the decoder feeds only the new token
+        consumed = self.layers[0].decoded_length(self.incremental_state)
+        prefix = self.tokens[:, :consumed + 1]
+        start = now_ms()
+        _, extra = self.model(prefix, incremental_state=self.incremental_state)
+        ms = now_ms() - start
+        return ms, sum(int(a.active.sum()) for a in extra["activations"]), \
+            sum(a.active.numel() for a in extra["activations"])
+
+    def layer_step(self):
+        # SeqBoatLayer.step on random N(0, 1) inputs, each layer continuing its prefilled state
+        xs, total, active, routed = self.xs[self.layer_calls % self.xs.size(0)], 0.0, 0, 0
+        self.layer_calls += 1
+        for j, layer in enumerate(self.layers):
+            start = now_ms()
+            _, act, self.layer_states[j] = layer.step(xs[j], self.layer_states[j])
+            total += now_ms() - start
+            active += int(act.active.sum())
+            routed += act.active.numel()
+        return total / len(self.layers), active, routed
+
+    def row(self, timings) -> Dict:
+        model_t, layer_t = timings["model"], timings["layer"]
+        after = seqboat_states(self.model, self.incremental_state)
+        constant = all(state_bytes(s) == b for s, b in zip(after + self.layer_states, self.layer_bytes * 2)) and all(
+            {k: tuple(v.shape) for k, v in s.items()} == shp
+            for s, shp in zip(after + self.layer_states, self.shapes * 2))
+        return dict(
+            model="seqboat", context=self.context,
+            ms_per_token_layer=median(layer_t["times"]), ms_per_token_model=median(model_t["times"]),
+            state_bytes_per_layer=self.layer_bytes[0], state_bytes_model=sum(self.layer_bytes),
+            state_constant=constant,
+            act_rate=model_t["active"] / max(model_t["routed"], 1),
+            act_rate_layer_bench=layer_t["active"] / max(layer_t["routed"], 1),
+            prefill_ms=self.prefill_ms,
+            **self.fit_fields(model_t),
+        )
+
+    def fit_fields(self, model_t) -> Dict:
+        fit = activation_fit(model_t["times"], model_t["per_step_active"])
+        if fit is None:
+            return {"ms_per_token_model_at_act50": None, "ms_per_token_model_all_skipped": None,
+                    "ms_per_activated_layer": None}
+        layers = len(self.layers)
+        return {"ms_per_token_model_at_act50": fit["skip_ms"] + fit["extra_ms_per_active_layer"] * layers / 2,
+                "ms_per_token_model_all_skipped": fit["skip_ms"],
+                "ms_per_activated_layer": fit["extra_ms_per_active_layer"]}
+
+
+def profile_seqboat_step(bench: SeqBoatContestant) -> None:
+    """torch.profiler of one SeqBoat model step (whole model), continuing a benchmarked state."""
+    from torch.profiler import ProfilerActivity, profile
+
+    bench.model_step()  # warm
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        bench.model_step()
+    print(f"\ntorch.profiler: one SeqBoat model step at context {bench.context} "
+          f"({len(bench.layers)} layers), top ops by self CPU time:")
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+# --------------------------------------------------------------------------- Transformer
+def fill_kv_cache(attn, incremental_state: Dict, bsz: int, context: int, gen: torch.Generator) -> int:
+    """Sets one fairseq MultiheadAttention's cache to ``context`` random keys/values, in the
+    layout fairseq stores itself (``(B, heads, c, head_dim)``). Returns its size in bytes."""
+    shape = (bsz, attn.num_heads, context, attn.head_dim)
+    buffer = {"prev_key": torch.randn(shape, generator=gen), "prev_value": torch.randn(shape, generator=gen),
+              "prev_key_padding_mask": None}
+    attn._set_input_buffer(incremental_state, buffer)
+    return state_bytes(buffer)
+
+
+class TransformerContestant(Contestant):
+    """KV caches of ``context`` random keys/values in every layer, then one token at a time."""
+
+    name = "transformer"
+
+    def __init__(self, model, context: int, args, gen: torch.Generator):
+        self.model, self.context, self.layers = model, context, model.decoder.layers
+        bsz, dim = args.batch_size, model.decoder.embed_dim
+        steps = (args.warmup + args.steps) * (args.retries + 1)
+        self.tokens = torch.randint(FIRST_TOKEN, VOCAB, (bsz, context + 2 * steps + 1), generator=gen)
+        self.xs = torch.randn(steps + 1, len(self.layers), 1, bsz, dim, generator=gen)
+        self.incremental_state: Dict = {}
+        self.layer_bytes = [fill_kv_cache(layer.self_attn, self.incremental_state, bsz, context, gen)
+                            for layer in self.layers]
+        self.layer_calls = 0
+
+    def cached(self) -> int:
+        return self.layers[0].self_attn._get_input_buffer(self.incremental_state)["prev_key"].size(2)
+
+    def model_step(self):
+        # the decoder keeps the last token; its position comes from the prefix length
+        prefix = self.tokens[:, :self.cached() + 1]
+        start = now_ms()
+        self.model(prefix, incremental_state=self.incremental_state)
+        return now_ms() - start, 0, 0
+
+    def layer_step(self):
+        # every TransformerDecoderLayer alone on random inputs, on its own cache (which grows by one)
+        xs, total = self.xs[self.layer_calls % self.xs.size(0)], 0.0
+        self.layer_calls += 1
+        for j, layer in enumerate(self.layers):
+            start = now_ms()
+            layer(xs[j], incremental_state=self.incremental_state, self_attn_mask=None, self_attn_padding_mask=None)
+            total += now_ms() - start
+        return total / len(self.layers), 0, 0
+
+    def row(self, timings) -> Dict:
+        return dict(
+            model="transformer", context=self.context,
+            ms_per_token_layer=median(timings["layer"]["times"]),
+            ms_per_token_model=median(timings["model"]["times"]),
+            state_bytes_per_layer=self.layer_bytes[0], state_bytes_model=sum(self.layer_bytes),
+            state_constant=None, act_rate=None, act_rate_layer_bench=None, prefill_ms=None,
+            cached_tokens_at_end=self.cached(),
+        )
+
+
+def bench_context(benches: List[Contestant], args, quiet: "Quiet") -> List[Dict]:
+    """Both timed phases (whole model, then per layer) of every contestant at one context."""
+    timings, other = {b.name: {} for b in benches}, 0.0
+    for phase in ("model", "layer"):
+        result, _, cores = quiet.phase(lambda: (collect(benches, phase, args), None))
+        other = max(other, cores)
+        for name, rec in result.items():
+            timings[name][phase] = rec
+    rows = [b.row(timings[b.name]) for b in benches]
+    for row in rows:
+        row["other_cores"] = round(other, 3)
+    return rows
+
+
+# --------------------------------------------------------------------------- upstream emulation
+def bench_upstream(model, context: int, args, gen: torch.Generator, quiet: "Quiet") -> Dict:
+    layer = model.decoder.layers[0]
+    dim = model.decoder.embed_tokens.embedding_dim
+    truncation = layer.ema.truncation or context
+    length = min(context, truncation)
+    calls = args.upstream_warmup + args.upstream_steps
+    xs = torch.randn(calls, length, args.batch_size, dim, generator=gen)
+
+    def run():
+        times = []
+        for i in range(calls):
+            start = now_ms()
+            layer(xs[i])
+            elapsed = now_ms() - start
+            if i >= args.upstream_warmup:
+                times.append(elapsed)
+        return times, None
+
+    times, _, other = quiet.phase(run)
+    per_layer = median(times)
+    return dict(
+        model="seqboat_upstream_emulated", context=context,
+        ms_per_token_layer=per_layer, ms_per_token_model=per_layer * len(model.decoder.layers),
+        state_bytes_per_layer=None, state_bytes_model=None, state_constant=None,
+        act_rate=None, act_rate_layer_bench=None, prefill_ms=None, other_cores=round(other, 3),
+        recomputed_tokens=length,
+    )
+
+
+# --------------------------------------------------------------------------- main
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--contexts", default="256,1024,4096,16384", help="comma-separated context lengths")
+    p.add_argument("--layers", type=int, default=14, help="layers of every model (enwik8-base has 14)")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    p.add_argument("--steps", type=int, default=30, help="timed single-token steps per (model, context)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before the timed ones")
+    p.add_argument("--upstream-steps", type=int, default=5, help="timed calls of the upstream emulation")
+    p.add_argument("--upstream-warmup", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--heads", type=int, default=8, help="Transformer attention heads")
+    p.add_argument("--ffn-dim", type=int, default=2464, help="Transformer FFN dim (4D = 2 x H)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wait-quiet", type=float, default=20.0,
+                   help="before each timed phase, wait up to this many seconds for other processes to "
+                        "use < --quiet-threshold cores (0: do not wait)")
+    p.add_argument("--wait-budget", type=float, default=120.0, help="total seconds of such waiting per run")
+    p.add_argument("--quiet-threshold", type=float, default=0.25)
+    p.add_argument("--retries", type=int, default=1,
+                   help="re-run a timed phase disturbed by other processes up to this many times "
+                        "(the least disturbed attempt is kept)")
+    p.add_argument("--profile", action="store_true",
+                   help="always profile one SeqBoat step at the largest context (default: only if "
+                        "the per-token time grows by more than 1.2x)")
+    p.add_argument("--max-growth", type=float, default=1.2, help="target: ms/token(max ctx) / ms/token(min ctx)")
+    return p
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    contexts = sorted(parse_ints(args.contexts))
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in models:
+        if m not in MODELS:
+            raise SystemExit(f"unknown model {m!r}; expected a subset of {MODELS}")
+    threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    # > every position decoded; never below w (the layer refuses a working memory longer than that)
+    max_len = max(max(contexts) + 3 * (args.warmup + args.steps) * (args.retries + 1) + 16, 4096)
+    run_start = time.time()
+    print(f"generation benchmark: contexts {contexts}, {args.layers} layers, batch {args.batch_size}, fp32, "
+          f"eval, no_grad, {threads} threads, torch {torch.__version__}, {args.warmup} warm-up + "
+          f"{args.steps} timed steps (median)", flush=True)
+
+    rows: List[Dict] = []
+    quiet = Quiet(args)
+    common = {"bench": "generation", "layers": args.layers, "batch": args.batch_size, "dtype": "float32",
+              "threads": threads, "steps": args.steps}
+    with torch.no_grad():
+        seqboat = transformer = seqboat_bench = None
+        if "seqboat" in models or "upstream" in models:
+            seqboat, _ = build_lm("--arch", SEQBOAT_ARCH, "--decoder-layers", str(args.layers),
+                                  "--dropout", "0", "--tokens-per-sample", str(max_len),
+                                  "--max-target-positions", str(max_len))
+            seqboat_params = sum(p.numel() for p in seqboat.parameters())
+            first = seqboat.decoder.layers[0]
+            print(f"seqboat: --arch {SEQBOAT_ARCH}, {seqboat_params:,} parameters, D={first.embed_dim}, "
+                  f"H={first.gau.hdim}, Z={first.gau.zdim}, N={first.ema.ndim}, w={first.window}, "
+                  f"truncation={first.ema.truncation}", flush=True)
+        if "transformer" in models:
+            transformer, _ = build_lm("--arch", "transformer_lm", "--decoder-embed-dim", "616",
+                                      "--decoder-ffn-embed-dim", str(args.ffn_dim),
+                                      "--decoder-attention-heads", str(args.heads),
+                                      "--decoder-layers", str(args.layers), "--dropout", "0",
+                                      "--attention-dropout", "0", "--activation-dropout", "0",
+                                      "--tokens-per-sample", str(max_len), "--max-target-positions", str(max_len))
+            transformer_params = sum(p.numel() for p in transformer.parameters())
+            print(f"transformer: --arch transformer_lm, {transformer_params:,} parameters, D=616, "
+                  f"ffn={args.ffn_dim}, heads={args.heads}", flush=True)
+
+        for context in contexts if ("seqboat" in models or "transformer" in models) else []:
+            benches: List[Contestant] = []
+            if "seqboat" in models:
+                benches.append(SeqBoatContestant(seqboat, context, args, gen))
+            if "transformer" in models:
+                benches.append(TransformerContestant(transformer, context, args, gen))
+            for row in bench_context(benches, args, quiet):
+                if row["model"] == "seqboat":
+                    row.update(arch=SEQBOAT_ARCH, params=seqboat_params)
+                else:
+                    row.update(arch="transformer_lm", params=transformer_params)
+                rows.append(row)
+                emit({**common, **row})
+            seqboat_bench = benches[0] if "seqboat" in models else None  # kept for --profile
+            del benches
+        for context in contexts if "upstream" in models else []:
+            row = bench_upstream(seqboat, context, args, gen, quiet)
+            row.update(arch=SEQBOAT_ARCH, params=seqboat_params, note="emulation: parallel layer forward over "
+                       "min(c, truncation) tokens per generated token, x layers")
+            rows.append(row)
+            emit({**common, **row})
+
+        # ------------------------------------------------------------------ table
+        order = {"seqboat": 0, "transformer": 1, "seqboat_upstream_emulated": 2}
+        rows.sort(key=lambda r: (order[r["model"]], r["context"]))
+        print()
+        print(table(
+            ["model", "context", "ms/tok layer", f"ms/tok model ({args.layers}L)", "@50% act", "prefill ms",
+             "state/layer", "state bytes/layer", "state const", "act rate", "other cores"],
+            [[r["model"], r["context"], r["ms_per_token_layer"], r["ms_per_token_model"],
+              r.get("ms_per_token_model_at_act50"), r["prefill_ms"],
+              human_bytes(r["state_bytes_per_layer"]), r["state_bytes_per_layer"], r["state_constant"],
+              r["act_rate"], r["other_cores"]] for r in rows]))
+        if "upstream" in models:
+            print("(seqboat_upstream_emulated: an emulation of upstream's recompute-the-window decoding, "
+                  "model = layers x layer time)")
+        print("(other cores: CPU used by other processes while the row was timed; 0 = quiet machine)")
+        disturbed = [r for r in rows if r["other_cores"] >= args.quiet_threshold]
+        if disturbed:
+            print(f"WARNING: other processes used >= {args.quiet_threshold} cores during "
+                  f"{len(disturbed)} row(s); their timings are inflated (rerun on a quiet machine, "
+                  f"or with --threads 1)")
+
+        # ------------------------------------------------------------------ summary
+        print()
+        by = {(r["model"], r["context"]): r for r in rows}
+        summary: List[Dict] = []
+        lo, hi = contexts[0], contexts[-1]
+        if ("seqboat", lo) in by and ("seqboat", hi) in by:
+            growth = by["seqboat", hi]["ms_per_token_model"] / by["seqboat", lo]["ms_per_token_model"]
+            growth_layer = by["seqboat", hi]["ms_per_token_layer"] / by["seqboat", lo]["ms_per_token_layer"]
+            a_lo, a_hi = by["seqboat", lo]["ms_per_token_model_at_act50"], by["seqboat", hi]["ms_per_token_model_at_act50"]
+            growth_act50 = a_hi / a_lo if a_lo and a_hi else None
+            summary.append(dict(check="seqboat_growth", value=growth, value_layer=growth_layer,
+                                value_at_act50=growth_act50,
+                                target=f"<= {args.max_growth}", met=growth <= args.max_growth,
+                                text=f"SeqBoat ms/token at {hi} / at {lo}: model {growth:.2f}x, "
+                                     f"per layer {growth_layer:.2f}x, model at equal (50%) activation "
+                                     f"{fmt(growth_act50)}x (target <= {args.max_growth})"))
+            sizes = {by["seqboat", c]["state_bytes_per_layer"] for c in contexts}
+            constant = len(sizes) == 1 and all(by["seqboat", c]["state_constant"] for c in contexts)
+            summary.append(dict(check="seqboat_state_constant", value=sorted(sizes), target="constant in context",
+                                met=constant,
+                                text=f"SeqBoat decode state per layer: {', '.join(str(s) for s in sorted(sizes))} "
+                                     f"bytes at contexts {contexts} (target: constant)"))
+        for c in contexts:
+            if ("seqboat", c) in by and ("transformer", c) in by:
+                s, t = by["seqboat", c], by["transformer", c]
+                speedup = t["ms_per_token_model"] / s["ms_per_token_model"]
+                speedup_layer = t["ms_per_token_layer"] / s["ms_per_token_layer"]
+                mem = t["state_bytes_per_layer"] / s["state_bytes_per_layer"]
+                target, met = None, None
+                if c >= 16384:
+                    target, met = ">= 3", speedup >= 3.0
+                elif c >= 4096:
+                    target, met = "> 1", speedup > 1.0
+                summary.append(dict(
+                    check="speedup_vs_transformer", context=c, value=speedup, value_layer=speedup_layer,
+                    kv_over_seqboat_state=mem, target=target, met=met,
+                    text=f"context {c:>6}: Transformer / SeqBoat ms/token: model {speedup:.2f}x, per layer "
+                         f"{speedup_layer:.2f}x; Transformer KV cache / SeqBoat state per layer {mem:.2f}x"
+                         + (f" (target {target})" if target else "")))
+            if ("seqboat", c) in by and ("seqboat_upstream_emulated", c) in by:
+                s, u = by["seqboat", c], by["seqboat_upstream_emulated", c]
+                ratio = u["ms_per_token_layer"] / s["ms_per_token_layer"]
+                summary.append(dict(check="speedup_vs_upstream_emulated", context=c, value_layer=ratio,
+                                    text=f"context {c:>6}: upstream-style (emulated) / SeqBoat ms/token per "
+                                         f"layer: {ratio:.1f}x"))
+        for item in summary:
+            compared = {"speedup_vs_transformer": ("seqboat", "transformer"),
+                        "speedup_vs_upstream_emulated": ("seqboat", "seqboat_upstream_emulated")}
+            involved = [r for r in rows if r["context"] == item["context"] and r["model"] in compared[item["check"]]] \
+                if "context" in item else [r for r in rows if r["model"] == "seqboat"]
+            item["disturbed"] = any(r["other_cores"] >= args.quiet_threshold for r in involved)
+            met = item.get("met")
+            flag = "" if met is None else ("  [target met]" if met else "  [TARGET NOT MET]")
+            if item["disturbed"] and item["check"] != "seqboat_state_constant":
+                flag += "  (timings disturbed by other processes)"
+            print(item["text"] + flag)
+        for item in summary:
+            emit({"bench": "generation_summary", **{k: v for k, v in item.items() if k != "text"}})
+
+        growth_item = next((i for i in summary if i["check"] == "seqboat_growth"), None)
+        if seqboat_bench is not None and (args.profile or (growth_item is not None and not growth_item["met"])):
+            profile_seqboat_step(seqboat_bench)
+    print(f"\ntotal wall time {time.time() - run_start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
