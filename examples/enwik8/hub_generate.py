@@ -7,10 +7,13 @@ the prompt length; the prompt itself is processed token by token by fairseq's ge
 """
 
 import argparse
+import os
+import sys
 
 import torch
 
-from seqboat_fairseq.models.seqboat_lm import SeqBoatLanguageModel
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from seqboat_fairseq.models.seqboat_lm import SeqBoatLanguageModel  # noqa: E402  (works without install)
 
 
 def main():
