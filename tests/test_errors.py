@@ -65,3 +65,53 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, damage):
     path.write_bytes({"truncated": blob[: len(blob) // 2], "empty": b"", "garbage": b"\x00\x01not a checkpoint"}[damage])
     with pytest.raises(RuntimeError, match=r"cannot read checkpoint .*checkpoint_last.pt: the file is truncated or corrupt"):
         checkpoint_utils.load_checkpoint_to_cpu(str(path))
+
+
+def test_dictionary_model_mismatch_names_both_sizes(tmp_path):
+    from fairseq import checkpoint_utils
+    from omegaconf import OmegaConf
+    import torch
+
+    from conftest import build_lm
+
+    model, _, cfg = build_lm(write_byte_dictionary(tmp_path / "a", symbols=256), "--arch", "seqboat_lm_tiny")
+    path = tmp_path / "model.pt"
+    torch.save({"cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "model": model.state_dict(),
+                "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqAdam",
+                                       "lr_scheduler_state": {"best": 1.0}, "num_updates": 0}], "extra_state": {}},
+               path)
+    other = write_byte_dictionary(tmp_path / "b", symbols=100)
+    with pytest.raises(ValueError, match=r"dictionary of 260 symbols, but the data directory's dict.txt gives 104"):
+        checkpoint_utils.load_model_ensemble_and_task([str(path)], arg_overrides={"data": other})
+
+
+def test_missing_lm_data_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"dict.txt"):
+        build_lm(tmp_path / "does-not-exist", "--arch", "seqboat_lm_tiny")
+
+
+def test_lra_text_empty_split(tmp_path):
+    from fairseq.data import indexed_dataset
+
+    from conftest import build_lra
+
+    data = write_lra_dictionaries(tmp_path / "text")
+    for sub in ("src-bin", "label-bin"):
+        builder = indexed_dataset.make_builder(str(tmp_path / "text" / sub / "valid.bin"), impl="mmap",
+                                               vocab_size=20)
+        builder.finalize(str(tmp_path / "text" / sub / "valid.idx"))
+    _, task, _ = build_lra(data, "lra-text", "--arch", "seqboat_lra_listop")
+    with pytest.raises(ValueError, match=r"split 'valid' is empty"):
+        task.load_dataset("valid")
+
+
+def test_inputs_longer_than_max_positions_work(tmp_path):
+    """Rotary extends and the simple bias clamps, so length is not a hard limit of the model
+    (fairseq's batching still filters by --max-target-positions / --tokens-per-sample)."""
+    import torch
+
+    for pos in ("rotary", "simple"):
+        model, _, _ = build_lm(write_byte_dictionary(tmp_path / pos), "--arch", "seqboat_lm_tiny",
+                               "--max-target-positions", "32", "--rel-pos-bias", pos)
+        logits, _ = model.eval()(torch.randint(4, 260, (1, 100)))
+        assert logits.shape == (1, 100, 260) and torch.isfinite(logits).all()

@@ -201,6 +201,12 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
             for key in [k for k in state_dict if k.startswith(f"{prefix}layers.{i}.nffn.")]:
                 state_dict[key.replace(".nffn.", ".ffn.", 1)] = state_dict.pop(key)
         state_dict.pop(f"{prefix}version", None)
+        saved = state_dict.get(f"{prefix}embed_tokens.weight")
+        if saved is not None and saved.size(0) != self.embed_tokens.num_embeddings:
+            raise ValueError(
+                f"the checkpoint was trained with a dictionary of {saved.size(0)} symbols, but the data directory's "
+                f"dict.txt gives {self.embed_tokens.num_embeddings}: point fairseq at the data-bin (or its dict.txt) "
+                "the model was trained on")
         return state_dict
 
 

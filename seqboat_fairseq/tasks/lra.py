@@ -159,6 +159,8 @@ class LRATextTask(FairseqTask):
 
     def _load_tokens(self, folder: str, split: str):
         prefix = os.path.join(self.cfg.data, folder, split)
+        if os.path.isfile(prefix + ".bin") and os.path.getsize(prefix + ".bin") == 0:
+            raise ValueError(f"LRA data: split {split!r} is empty: {prefix}.bin")
         dataset = data_utils.load_indexed_dataset(prefix, self.dictionary)
         if dataset is None:
             raise FileNotFoundError(f"LRA data: split {split!r} not found: {prefix}.{{bin,idx}}")
