@@ -94,11 +94,9 @@ from a busy neighbour than an OpenMP pool spanning every core.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional
 
@@ -110,7 +108,7 @@ PLUGIN_DIR = os.path.join(REPO_ROOT, "seqboat_fairseq")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ContentionMeter, wait_until_quiet  # noqa: E402  (bench/common.py)
+from common import ContentionMeter, build_from_cli, emit, parse_int_list, wait_until_quiet  # noqa: E402
 
 SEQBOAT_ARCH = "seqboat_lm_enwik8_base"
 MODELS = ("seqboat", "transformer", "upstream")
@@ -119,38 +117,9 @@ FIRST_TOKEN, VOCAB = 4, 260
 
 
 # --------------------------------------------------------------------------- helpers
-def parse_ints(text: str) -> List[int]:
-    return [int(x) for x in text.replace(",", " ").split() if x]
-
-
-def write_byte_dictionary(directory: str, symbols: int = 256) -> str:
-    """A fairseq dict.txt over byte tokens "0".."255" (as tests/conftest.py)."""
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "dict.txt"), "w") as f:
-        for i in range(symbols):
-            f.write(f"{i} {1000 - i}\n")
-    return directory
-
-
 def build_lm(*cli_args: str):
-    """Builds a model exactly as fairseq-train would (tests/conftest.py::build_lm)."""
-    import logging
-    import warnings
-
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-    for name in ("fairseq", "fairseq.tasks", "fairseq.models", "fairseq.utils", "hydra"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="seqboat_gen_bench_") as data_dir, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # hydra's deprecation chatter
-        write_byte_dictionary(data_dir)
-        parser = options.get_training_parser()
-        args = options.parse_args_and_arch(
-            parser, [data_dir, "--user-dir", PLUGIN_DIR, "--task", "language_modeling", *cli_args])
-        cfg = convert_namespace_to_omegaconf(args)
-        task = tasks.setup_task(cfg.task)
-        model = task.build_model(cfg.model)
+    """A model built exactly as fairseq-train would (bench/common.py), in eval mode."""
+    model, task = build_from_cli(*cli_args)
     return model.eval(), task
 
 
@@ -164,10 +133,6 @@ def median(values: List[float]) -> float:
 
 def now_ms() -> float:
     return time.perf_counter() * 1000.0
-
-
-def emit(record: Dict) -> None:
-    print("BENCH " + json.dumps(record), flush=True)
 
 
 def fmt(value) -> str:
@@ -500,7 +465,7 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    contexts = sorted(parse_ints(args.contexts))
+    contexts = sorted(parse_int_list(args.contexts))
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
         if m not in MODELS:
