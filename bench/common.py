@@ -259,16 +259,32 @@ def timed_when_quiet(fn: Callable[[], object], threshold: float = 0.25, max_wait
 
 
 # --------------------------------------------------------------------------- provenance
+def library_hash() -> str:
+    """Short hash of the contents of every ``seqboat_fairseq/**/*.py`` in the working tree: the
+    code a measurement actually ran (HEAD alone misses uncommitted edits)."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    root = os.path.join(REPO_ROOT, "seqboat_fairseq")
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                digest.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()[:10]
+
+
 def code_revision() -> str:
-    """``<short HEAD>`` plus ``+dirty`` when the library (seqboat_fairseq/) has uncommitted
-    changes: rows measured on different code are then told apart."""
+    """``<short HEAD> lib:<library_hash>``: rows measured on different library code (committed
+    or not) are told apart by the ``lib:`` part."""
     import subprocess
 
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                               text=True, timeout=10).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "seqboat_fairseq"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
+        head = "unknown"
+    return f"{head} lib:{library_hash()}"

@@ -255,9 +255,10 @@ def main():
     print()
     print(format_table(headers, rows, title="Training step (median of repeats)"))
     print(f"# load average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
-    revs = sorted({r["rev"] for r in records if "rev" in r} | {start_rev, code_revision()})
-    if len(revs) > 1:
-        print(f"# WARNING: the library changed during the run (revisions {', '.join(revs)}); "
+    libs = sorted({r["rev"].split("lib:")[-1] for r in records if "rev" in r}
+                  | {start_rev.split("lib:")[-1], code_revision().split("lib:")[-1]})
+    if len(libs) > 1:
+        print(f"# WARNING: the library code changed during the run (lib hashes {', '.join(libs)}); "
               f"see 'rev' in the BENCH lines")
 
     # ratios vs the baseline
