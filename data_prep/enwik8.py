@@ -2,11 +2,14 @@
 """Build a fairseq data-bin for byte-level language modelling on enwik8.
 
 The corpus is split exactly like transformer-xl / awd-lstm ``prep_enwik8.py``
-(first 90,000,000 bytes train, next 5,000,000 valid, last 5,000,000 test) and
-written in the same text format: one token per byte, the token being the
-byte's decimal value, tokens separated by single spaces, and a newline byte
-written as an actual line break.  ``fairseq-preprocess --only-source`` then
-binarises the three files (its dictionary is built from the train split).
+(first 90,000,000 bytes train, next 5,000,000 valid, last 5,000,000 test).  Each
+split is binarised straight into fairseq's indexed format (``{split}.bin/.idx``,
+``dict.txt``) with numpy, in this process: the result is byte for byte what
+``fairseq-preprocess --only-source`` makes of transformer-xl's byte-token text
+(one token per byte, the byte's decimal value, tokens separated by single spaces,
+a newline byte written as an actual line break), with the dictionary built by
+fairseq's own ``Dictionary`` from the train split's counts.  ``--keep-text``
+also writes that text to ``DIR/raw/``.  No child process is started.
 
 Instead of enwik8, any UTF-8 text can be turned into an enwik8-style byte
 corpus (``--text``), or the documentation text shipped with Python
@@ -15,11 +18,14 @@ corpus (``--text``), or the documentation text shipped with Python
 The output appears atomically: everything is built in a temporary directory
 next to ``--destdir`` and renamed into place only once complete, so an
 interrupted or failed run never leaves a data-bin that looks finished.
+``--force`` replaces only a directory that a data prep of this project wrote
+(see data_prep/common.py); a run killed even with SIGKILL leaves a temporary
+directory that the next run next to it removes.
 
 Usage examples::
 
     # the official archive (http://mattmahoney.net/dc/enwik8.zip) or its unzipped content
-    python data_prep/enwik8.py --enwik8 enwik8.zip --destdir data-bin/enwik8 --workers 8
+    python data_prep/enwik8.py --enwik8 enwik8.zip --destdir data-bin/enwik8
 
     # any UTF-8 text, 5% valid and 5% test bytes, keeping train.txt/valid.txt/test.txt
     python data_prep/enwik8.py --text a.txt b.txt --destdir data-bin/mytext --keep-text
@@ -33,15 +39,22 @@ and exit code 2.
 
 import argparse
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import zipfile
 import zlib
+from collections import Counter
 
 import numpy as np
+
+if __name__ == "__main__":  # run as a script: make the data_prep package importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from data_prep.common import (  # noqa: E402
+    PrepError,
+    build_atomically,
+    check_destdir,
+    install_signal_handlers,
+)
 
 PROG = "enwik8.py"
 ENWIK8_SIZE = 10**8
@@ -50,10 +63,6 @@ NUM_TEST_BYTES = 5_000_000
 NEWLINE = ord("\n")
 SPLITS = ("train", "valid", "test")
 _CHUNK_BYTES = 1 << 22
-
-
-class PrepError(Exception):
-    """A user-facing error; ``main`` prints it as one line and exits with code 2."""
 
 
 # --------------------------------------------------------------------------- input
@@ -109,11 +118,14 @@ def read_enwik8(path):
     """
     if not os.path.isfile(path):
         raise PrepError(f"{path}: no such file")
-    if _is_zip_path(path):
-        return _read_enwik8_zip(path)
-    _check_enwik8_size(path, os.path.getsize(path))
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        if _is_zip_path(path):
+            return _read_enwik8_zip(path)
+        _check_enwik8_size(path, os.path.getsize(path))
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise PrepError(f"{path}: cannot read: {exc.strerror or exc}") from None
     _check_enwik8_size(path, len(data))
     return data
 
@@ -236,19 +248,90 @@ def write_byte_tokens(data, path):
 # --------------------------------------------------------------------------- binarisation
 
 
-def run_preprocess(raw_dir, destdir, workers):
-    """Run ``fairseq-preprocess --only-source`` on ``raw_dir/{train,valid,test}.txt`` into ``destdir``.
+def byte_counts(data):
+    """``np.bincount`` of the byte values of ``data`` (length 256), chunk-wise to keep memory small."""
+    array = np.frombuffer(data, dtype=np.uint8)
+    counts = np.zeros(256, dtype=np.int64)
+    for start in range(0, len(array), _CHUNK_BYTES):
+        counts += np.bincount(array[start : start + _CHUNK_BYTES], minlength=256)
+    return counts
 
-    Uses the current interpreter; raises PrepError if it fails.
+
+def byte_token_counts(data):
+    """What fairseq's dictionary builder counts in the byte-token text of ``data``: ``Counter``
+    of the byte tokens (``"0"`` .. ``"255"``, newline excluded) and of ``</s>``, once per line."""
+    array = np.frombuffer(data, dtype=np.uint8)
+    counts = byte_counts(data)
+    counter = Counter({str(b): int(counts[b]) for b in np.flatnonzero(counts) if b != NEWLINE})
+    lines = int(counts[NEWLINE]) + (1 if len(array) and array[-1] != NEWLINE else 0)
+    if lines:
+        counter["</s>"] = lines
+    return counter
+
+
+def _import_fairseq():
+    """fairseq's ``Dictionary`` and ``indexed_dataset`` module; PrepError if fairseq is missing."""
+    try:
+        from fairseq.data import Dictionary, indexed_dataset
+    except ImportError as exc:
+        raise PrepError(f"binarising needs fairseq 0.12 (pip install fairseq==0.12.*): {exc}") from None
+    return Dictionary, indexed_dataset
+
+
+def build_dictionary(train):
+    """The fairseq ``Dictionary`` that ``fairseq-preprocess --only-source`` builds from the train split.
+
+    Same steps as ``Dictionary.add_file_to_dictionary`` + ``finalize`` with fairseq-preprocess's
+    defaults (threshold 0, all words, padding factor 8).
     """
-    cmd = [sys.executable, "-m", "fairseq_cli.preprocess", "--only-source"]
-    for split in SPLITS:
-        cmd += [f"--{split}pref", os.path.join(raw_dir, f"{split}.txt")]
-    cmd += ["--destdir", destdir, "--workers", str(workers)]
-    returncode = subprocess.run(cmd, check=False).returncode
-    if returncode != 0:
-        how = f"was killed by signal {-returncode}" if returncode < 0 else f"failed with exit code {returncode}"
-        raise PrepError(f"fairseq-preprocess {how} (see its output above)")
+    Dictionary, _ = _import_fairseq()
+    dictionary = Dictionary()
+    for word, count in sorted(byte_token_counts(train).items()):
+        dictionary.add_symbol(word, count)
+    dictionary.finalize(threshold=0, nwords=-1, padding_factor=8)
+    return dictionary
+
+
+def write_indexed_bytes(data, dictionary, prefix, progress=None):
+    """Write ``prefix.bin`` / ``prefix.idx``: ``data`` as fairseq's mmap indexed dataset.
+
+    One sentence per line of the byte-token text (a newline byte ends a line), each followed by
+    ``</s>``; bytes missing from ``dictionary`` become ``<unk>``, as in fairseq-preprocess.  The
+    token ids are the newline-mapped-to-eos byte stream plus a final eos unless ``data`` ends
+    with a newline.  The index is written with fairseq's own ``MMapIndexedDataset.Index.writer``.
+    """
+    _, indexed_dataset = _import_fairseq()
+    dtype = indexed_dataset.best_fitting_int_dtype(len(dictionary))
+    table = np.array([dictionary.index(str(b)) for b in range(256)], dtype=dtype)
+    table[NEWLINE] = dictionary.eos()
+    array = np.frombuffer(data, dtype=np.uint8)
+    ends_open = len(array) > 0 and array[-1] != NEWLINE
+    with open(prefix + ".bin", "wb") as f:
+        for start in range(0, len(array), _CHUNK_BYTES):
+            chunk = array[start : start + _CHUNK_BYTES]
+            f.write(table[chunk].tobytes())
+            if progress is not None:
+                progress.update(len(chunk))
+        if ends_open:
+            f.write(np.array([dictionary.eos()], dtype=dtype).tobytes())
+    ends = np.flatnonzero(array == NEWLINE)
+    if ends_open:
+        ends = np.append(ends, len(array))
+    sizes = np.diff(ends, prepend=-1)  # each sentence: its tokens and </s>
+    with indexed_dataset.MMapIndexedDataset.Index.writer(prefix + ".idx", dtype) as index:
+        index.write(sizes)
+
+
+def binarize_splits(splits, outdir):
+    """Write ``dict.txt`` and ``{train,valid,test}.{bin,idx}`` of the byte splits into ``outdir``."""
+    from tqdm import tqdm
+
+    dictionary = build_dictionary(splits[0])
+    dictionary.save(os.path.join(outdir, "dict.txt"))
+    with tqdm(total=sum(len(part) for part in splits), unit="B", unit_scale=True, desc=f"{PROG} binarising",
+              disable=None, leave=False) as progress:
+        for name, part in zip(SPLITS, splits):
+            write_indexed_bytes(part, dictionary, os.path.join(outdir, name), progress)
 
 
 def unseen_byte_values(train, others):
@@ -256,10 +339,10 @@ def unseen_byte_values(train, others):
 
     fairseq builds the dictionary from train only, so these map to ``<unk>``.
     """
-    seen = np.bincount(np.frombuffer(train, dtype=np.uint8), minlength=256) > 0
+    seen = byte_counts(train) > 0
     used = np.zeros(256, dtype=bool)
     for part in others:
-        used |= np.bincount(np.frombuffer(part, dtype=np.uint8), minlength=256) > 0
+        used |= byte_counts(part) > 0
     used[NEWLINE] = False
     return np.flatnonzero(used & ~seen).tolist()
 
@@ -272,54 +355,22 @@ def _dictionary_sizes(destdir):
     return byte_symbols, len(entries) + 4  # + <s>, <pad>, </s>, <unk>
 
 
-def _install(tmpdir, destdir, force):
-    """Rename the finished ``tmpdir`` to ``destdir``, replacing an old ``destdir`` if ``force``."""
-    if not os.path.lexists(destdir):
-        os.rename(tmpdir, destdir)
-        return
-    if not force:
-        raise PrepError(f"output directory {destdir} already exists; pass --force to overwrite")
-    trash = tempfile.mkdtemp(dir=os.path.dirname(destdir), prefix=".old-enwik8-")
-    old = os.path.join(trash, "old")
-    os.rename(destdir, old)
-    try:
-        os.rename(tmpdir, destdir)
-    except BaseException:
-        os.rename(old, destdir)
-        os.rmdir(trash)
-        raise
-    shutil.rmtree(trash, ignore_errors=True)
+def build_data_bin(splits, destdir, keep_text, force, inputs=()):
+    """Binarise ``splits`` (and write their byte-token text with ``keep_text``) and install ``destdir``.
 
-
-def _current_umask():
-    """Return the process umask (reading it requires setting it, so it is restored at once)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def build_data_bin(splits, destdir, workers, keep_text, force):
-    """Write the byte-token texts of ``splits``, binarise them, and move the result to ``destdir``.
-
-    Everything is built in a temporary directory next to ``destdir`` that is
-    removed on any failure (including KeyboardInterrupt).
+    Everything is built in an owned temporary directory next to ``destdir`` that is removed on
+    any failure (including KeyboardInterrupt); see data_prep/common.py for what ``force`` may
+    replace.  ``inputs``: ``(flag, path)`` of the input files.
     """
-    parent = os.path.dirname(destdir)
-    os.makedirs(parent, exist_ok=True)
-    tmpdir = tempfile.mkdtemp(dir=parent, prefix=".tmp-enwik8-")
-    try:
-        os.chmod(tmpdir, 0o777 & ~_current_umask())  # mkdtemp creates it private (0700)
-        raw_dir = os.path.join(tmpdir, "raw")
-        os.mkdir(raw_dir)
-        for name, part in zip(SPLITS, splits):
-            write_byte_tokens(part, os.path.join(raw_dir, f"{name}.txt"))
-        run_preprocess(raw_dir, tmpdir, workers)
-        if not keep_text:
-            shutil.rmtree(raw_dir)
-        _install(tmpdir, destdir, force)
-    except BaseException:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-        raise
+    def build(tmpdir):
+        if keep_text:
+            raw_dir = os.path.join(tmpdir, "raw")
+            os.mkdir(raw_dir)
+            for name, part in zip(SPLITS, splits):
+                write_byte_tokens(part, os.path.join(raw_dir, f"{name}.txt"))
+        binarize_splits(splits, tmpdir)
+
+    build_atomically(destdir, force, inputs, build, PROG)
 
 
 # --------------------------------------------------------------------------- command line
@@ -342,12 +393,13 @@ def build_parser():
                         help="fraction of --text/--pydoc-demo bytes for test (default 0.05)")
     parser.add_argument("--max-bytes", type=int, default=None, metavar="N",
                         help="keep only the first N bytes of a --text/--pydoc-demo corpus before splitting")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), metavar="N",
-                        help="fairseq-preprocess worker processes (default: CPU count, at most 8)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="accepted for compatibility and ignored: binarisation runs in this process")
     parser.add_argument("--keep-text", action="store_true",
                         help="keep the byte-token train/valid/test.txt files in DIR/raw/")
     parser.add_argument("--force", action="store_true",
-                        help="replace DIR if it exists (only once the new one is complete)")
+                        help="replace DIR if it exists and a data prep of this project wrote it "
+                             "(only once the new one is complete)")
     return parser
 
 
@@ -394,13 +446,10 @@ def main(argv=None):
     try:
         if args.workers < 1:
             raise PrepError(f"--workers must be at least 1, got {args.workers}")
-        if os.path.lexists(destdir):
-            if not os.path.isdir(destdir):
-                raise PrepError(f"{destdir} exists and is not a directory")
-            if not args.force:
-                raise PrepError(f"output directory {destdir} already exists; pass --force to overwrite")
+        inputs = [("--enwik8", args.enwik8)] if args.enwik8 is not None else [("--text", p) for p in args.text or ()]
+        check_destdir(destdir, args.force, inputs)
         splits = _load_splits(args)
-        build_data_bin(splits, destdir, args.workers, args.keep_text, args.force)
+        build_data_bin(splits, destdir, args.keep_text, args.force, inputs)
     except PrepError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -411,11 +460,6 @@ def main(argv=None):
     return 0
 
 
-def _interrupt_on_sigterm(signum, frame):
-    """Turn SIGTERM into KeyboardInterrupt so the temporary directory is cleaned up."""
-    raise KeyboardInterrupt
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    install_signal_handlers()
     sys.exit(main())

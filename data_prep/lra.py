@@ -53,7 +53,13 @@ Output layout (``--destdir DEST``):
   integer per line.
 
 The output appears atomically: everything is built in a temporary directory next to DEST and
-renamed into place only once complete; it is removed on any failure or interruption.
+renamed into place only once complete; it is removed on any failure or interruption.  ``--force``
+replaces only a DEST that a data prep of this project wrote and that does not hold the input; a run
+killed even with SIGKILL takes its fairseq-preprocess child (and that one's workers) with it, and
+the next run next to DEST removes its temporary directory (see data_prep/common.py).
+
+ListOps tokens outside the ListOps vocabulary, and tokens of valid/test that never occur in train
+(fairseq maps them to ``<unk>``), are reported as a warning with their count and a few examples.
 
 Usage examples::
 
@@ -64,7 +70,7 @@ Usage examples::
     python data_prep/lra.py pathfinder --input-dir lra_release --resolution 32 --destdir data-bin/lra/pathfinder
     python data_prep/lra.py pathfinder --input-dir lra_release --resolution 128 --destdir data-bin/lra/path-x
 
-Common options: ``--force`` (replace DEST once the new one is complete); text tasks also take
+Common options: ``--force`` (replace a DEST written by a prep, once the new one is complete); text tasks also take
 ``--workers N`` and ``--keep-text``.  The seeded tasks take ``--seed`` (default 42).
 
 Errors are reported on stderr as one line starting with ``lra.py: error:`` and exit code 2.
@@ -75,11 +81,8 @@ import contextlib
 import os
 import pickle
 import shutil
-import signal
 import struct
-import subprocess
 import sys
-import tempfile
 import zlib
 from collections import Counter
 
@@ -89,14 +92,15 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == "__main__":  # run as a script: make the data_prep package importable
     sys.path.insert(0, _REPO_ROOT)
 
-from data_prep.enwik8 import (  # noqa: E402
+from data_prep.common import (  # noqa: E402
     PrepError,
-    _current_umask,
-    _dictionary_sizes,
-    _install,
-    _interrupt_on_sigterm,
+    build_atomically,
+    check_destdir,
+    install_signal_handlers,
+    run_guarded,
+    warn,
 )
-from data_prep.enwik8 import run_preprocess as _run_preprocess_enwik8  # noqa: E402
+from data_prep.enwik8 import _dictionary_sizes  # noqa: E402
 
 PROG = "lra.py"
 SPLITS = ("train", "valid", "test")
@@ -105,6 +109,8 @@ DEFAULT_SEED = 42
 LISTOPS_FILES = {"train": "basic_train.tsv", "valid": "basic_val.tsv", "test": "basic_test.tsv"}
 LISTOPS_HEADER = ["Source", "Target"]
 LISTOPS_MAX_LENGTH = 2000
+# the LRA generator's operators (``[FIRST``/``[LAST`` are defined there but unused), ``]`` and the digits
+LISTOPS_VOCABULARY = frozenset(["[MAX", "[MIN", "[MED", "[SM", "[FIRST", "[LAST", "]", *map(str, range(10))])
 AAN_FILES = {
     "train": "new_aan_pairs.train.tsv",
     "valid": "new_aan_pairs.eval.tsv",
@@ -268,7 +274,7 @@ def listops_paths(input_dir):
 
 
 def read_listops(path):
-    """Yield ``((tokens,), label)`` for each example of a ListOps tsv file (header ``Source\\tTarget``)."""
+    """Yield ``((tokens,), label, 'file:line')`` for each example of a ListOps tsv file (header ``Source\\tTarget``)."""
     with _open_binary(path) as f:
         header = _decode(_strip_eol(f.readline()), f"{path}:1")
         if header.split("\t") != LISTOPS_HEADER:
@@ -285,7 +291,7 @@ def read_listops(path):
             tokens = listops_tokens(fields[0])
             if not tokens:
                 raise PrepError(f"{where}: empty Source")
-            yield (tokens,), label
+            yield (tokens,), label, where
 
 
 # --------------------------------------------------------------------------- IMDB
@@ -372,6 +378,8 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),
+        ("__builtin__", "bytes"),  # protocol 2 pickles an empty array's buffer as bytes()
+        ("builtins", "bytes"),
     }
 
     def find_class(self, module, name):
@@ -415,6 +423,9 @@ def load_cifar_batch(path):
             and data.shape[1] == 3 * CIFAR_PIXELS):
         got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise PrepError(f"{path}: expected b'data' to be a uint8 array of shape (N, {3 * CIFAR_PIXELS}), got {got}")
+    if len(data) == 0:
+        raise PrepError(f"{path}: the batch holds 0 images; expected at least one row of {3 * CIFAR_PIXELS} "
+                        "bytes (the real batches hold 10000 each; download the archive again?)")
     labels = list(labels)
     if len(labels) != len(data):
         raise PrepError(f"{path}: {len(data)} images but {len(labels)} labels")
@@ -431,7 +442,7 @@ def rgb_planes_to_gray(data):
 
     Exactly Pillow's ``convert("L")``: ``(R*19595 + G*38470 + B*7471 + 0x8000) >> 16``.
     """
-    planes = np.asarray(data, dtype=np.uint32).reshape(len(data), 3, -1)
+    planes = np.asarray(data, dtype=np.uint32).reshape(len(data), 3, CIFAR_PIXELS)
     gray = planes[:, 0] * 19595 + planes[:, 1] * 38470 + planes[:, 2] * 7471 + 0x8000
     return (gray >> 16).astype(np.uint8)
 
@@ -521,22 +532,27 @@ class SplitStats:
         self.total_length = [0] * num_inputs
         self.truncated = [0] * num_inputs
         self.byte_counts = np.zeros((num_inputs, 256), dtype=np.int64)
+        self.token_counts = [Counter() for _ in range(num_inputs)]  # token-level (not byte) inputs
+        self.token_where = [{} for _ in range(num_inputs)]  # token -> where it first occurs
 
     def mean_length(self, k):
         return self.total_length[k] / self.count if self.count else 0.0
 
 
 def write_text_split(examples, out_paths, label_path, max_length, byte_level, source):
-    """Write token lines of ``examples`` (``(docs, label)``) to ``out_paths`` (one per doc) and labels.
+    """Write token lines of ``examples`` (``(docs, label[, where])``) to ``out_paths`` (one per doc) and labels.
 
     Documents are truncated to ``max_length`` tokens; byte documents are written with
-    ``byte_tokens``, token lists space-joined.  Raises PrepError if there is no example.
+    ``byte_tokens``, token lists space-joined (and counted, with where each token first occurs).
+    Raises PrepError if there is no example.
     """
     stats = SplitStats(len(out_paths))
     with contextlib.ExitStack() as stack:
         outs = [stack.enter_context(open(p, "w", encoding="utf-8", newline="\n")) for p in out_paths]
         label_out = stack.enter_context(open(label_path, "w", encoding="utf-8", newline="\n"))
-        for docs, label in examples:
+        for example in examples:
+            docs, label = example[0], example[1]
+            where = example[2] if len(example) > 2 else f"{source} example {stats.count + 1}"
             for k, (out, doc) in enumerate(zip(outs, docs)):
                 if len(doc) > max_length:
                     doc = doc[:max_length]
@@ -546,6 +562,10 @@ def write_text_split(examples, out_paths, label_path, max_length, byte_level, so
                     stats.byte_counts[k] += np.bincount(np.frombuffer(doc, dtype=np.uint8), minlength=256)
                 else:
                     out.write(" ".join(doc))
+                    counts = Counter(doc)
+                    stats.token_counts[k].update(counts)
+                    for token in counts:
+                        stats.token_where[k].setdefault(token, where)
                 out.write("\n")
                 stats.max_length[k] = max(stats.max_length[k], len(doc))
                 stats.total_length[k] += len(doc)
@@ -568,20 +588,52 @@ def write_byte_dictionary(counts, path):
 def run_preprocess(raw_dir, destdir, workers, srcdict=None):
     """``fairseq-preprocess --only-source`` on ``raw_dir/{train,valid,test}.txt`` into ``destdir``.
 
-    Without ``srcdict`` this is data_prep/enwik8.py's runner (dictionary built from train);
-    with it, the given dictionary is used.  Raises PrepError if fairseq-preprocess fails.
+    Without ``srcdict`` fairseq builds the dictionary from train; with it, the given dictionary is
+    used.  The child (and its workers) die with this process (``common.run_guarded``).  Raises
+    PrepError if fairseq-preprocess fails.
     """
-    if srcdict is None:
-        _run_preprocess_enwik8(raw_dir, destdir, workers)
-        return
-    cmd = [sys.executable, "-m", "fairseq_cli.preprocess", "--only-source", "--srcdict", srcdict]
+    args = ["--only-source"] + (["--srcdict", srcdict] if srcdict else [])
     for split in SPLITS:
-        cmd += [f"--{split}pref", os.path.join(raw_dir, f"{split}.txt")]
-    cmd += ["--destdir", destdir, "--workers", str(workers)]
-    returncode = subprocess.run(cmd, check=False).returncode
+        args += [f"--{split}pref", os.path.join(raw_dir, f"{split}.txt")]
+    args += ["--destdir", destdir, "--workers", str(workers)]
+    returncode = run_guarded("fairseq_cli.preprocess", args)
     if returncode != 0:
         how = f"was killed by signal {-returncode}" if returncode < 0 else f"failed with exit code {returncode}"
         raise PrepError(f"fairseq-preprocess {how} (see its output above)")
+
+
+def _examples(where_by_token, tokens, limit=3):
+    """``'tok' at file:line`` for the first ``limit`` of ``tokens`` in the order of ``where_by_token``."""
+    chosen = [t for t in where_by_token if t in tokens]
+    shown = [f"{t!r} at {where_by_token[t]}" for t in chosen[:limit]]
+    return ", ".join(shown) + (", ..." if len(chosen) > limit else "")
+
+
+def warn_unknown_listops_tokens(stats):
+    """Warn (stderr) about tokens outside the ListOps vocabulary, and valid/test tokens missing from train.
+
+    The latter are what fairseq maps to ``<unk>`` (its dictionary is built from train).  Each
+    warning gives the number of occurrences and a few examples with file and line.
+    """
+    where = {}  # first occurrence, in reading order train, valid, test
+    for split in SPLITS:
+        for token, where_t in stats[split].token_where[0].items():
+            where.setdefault(token, where_t)
+    counts = {split: stats[split].token_counts[0] for split in SPLITS}
+    foreign = {t for c in counts.values() for t in c if t not in LISTOPS_VOCABULARY}
+    if foreign:
+        n = sum(c[t] for c in counts.values() for t in foreign)
+        warn(PROG, f"{n:,} tokens ({len(foreign)} distinct) are not ListOps tokens "
+                   f"([MAX [MIN [MED [SM [FIRST [LAST ] 0-9), e.g. {_examples(where, foreign)}")
+    held_out = {}
+    for split in ("valid", "test"):
+        for t, where_t in stats[split].token_where[0].items():
+            held_out.setdefault(t, where_t)
+    unseen = {t for t in held_out if t not in counts["train"]}
+    if unseen:
+        n = sum(counts[split][t] for split in ("valid", "test") for t in unseen)
+        warn(PROG, f"{n:,} tokens of valid/test ({len(unseen)} distinct) never occur in train and are mapped "
+                   f"to <unk>, e.g. {_examples(held_out, unseen)}")
 
 
 def write_image_split(outdir, split, images, labels):
@@ -606,19 +658,21 @@ def write_image_split(outdir, split, images, labels):
 class TextPlan:
     """What a text task writes: per split an iterable of ``(docs, label)`` (or ``"test"`` to copy test)."""
 
-    def __init__(self, inputs, splits, sources, max_length, byte_level, shared_dictionary=False):
+    def __init__(self, inputs, splits, sources, max_length, byte_level, shared_dictionary=False,
+                 check_listops_tokens=False):
         self.inputs = inputs  # e.g. ("src",) or ("src", "src1")
         self.splits = splits
         self.sources = sources
         self.max_length = max_length
         self.byte_level = byte_level
         self.shared_dictionary = shared_dictionary
+        self.check_listops_tokens = check_listops_tokens
 
 
 def plan_listops(args):
     paths = listops_paths(args.input_dir)
     splits = {split: read_listops(path) for split, path in paths.items()}
-    return TextPlan(("src",), splits, paths, args.max_length, byte_level=False)
+    return TextPlan(("src",), splits, paths, args.max_length, byte_level=False, check_listops_tokens=True)
 
 
 def plan_imdb(args):
@@ -667,6 +721,8 @@ def build_text_task(plan, outdir, workers, keep_text):
             plan.byte_level,
             plan.sources[split],
         )
+    if plan.check_listops_tokens:
+        warn_unknown_listops_tokens(stats)
     srcdict = None
     if plan.shared_dictionary:
         srcdict = os.path.join(raw, "dict.txt")
@@ -731,25 +787,6 @@ def build_pathfinder(args, outdir):
 # --------------------------------------------------------------------------- output
 
 
-def build_atomically(destdir, force, build, task):
-    """Run ``build(tmpdir)`` in a temporary directory next to ``destdir``, then move it into place.
-
-    The temporary directory is removed on any failure (including KeyboardInterrupt).
-    Returns what ``build`` returns.
-    """
-    parent = os.path.dirname(destdir)
-    os.makedirs(parent, exist_ok=True)
-    tmpdir = tempfile.mkdtemp(dir=parent, prefix=f".tmp-lra-{task}-")
-    try:
-        os.chmod(tmpdir, 0o777 & ~_current_umask())  # mkdtemp creates it private (0700)
-        result = build(tmpdir)
-        _install(tmpdir, destdir, force)
-    except BaseException:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-        raise
-    return result
-
-
 def _format_labels(labels):
     return ", ".join(f"{label}: {count:,}" for label, count in sorted(labels.items()))
 
@@ -807,7 +844,8 @@ def build_parser():
         p.add_argument("--input-dir", required=True, metavar="DIR", help=input_help)
         p.add_argument("--destdir", required=True, metavar="DIR", help="output directory")
         p.add_argument("--force", action="store_true",
-                       help="replace DIR if it exists (only once the new one is complete)")
+                       help="replace DIR if it exists and a data prep of this project wrote it "
+                            "(only once the new one is complete)")
         if text:
             p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), metavar="N",
                            help="fairseq-preprocess worker processes (default: CPU count, at most 8)")
@@ -863,17 +901,14 @@ def main(argv=None):
             raise PrepError(f"--workers must be at least 1, got {args.workers}")
         if text and args.max_length < 1:
             raise PrepError(f"--max-length must be positive, got {args.max_length}")
-        if os.path.lexists(destdir):
-            if not os.path.isdir(destdir):
-                raise PrepError(f"{destdir} exists and is not a directory")
-            if not args.force:
-                raise PrepError(f"output directory {destdir} already exists; pass --force to overwrite")
+        inputs = [("--input-dir", args.input_dir)]
+        check_destdir(destdir, args.force, inputs)
         if text:
             plan = _TEXT_PLANS[args.task](args)
             build = lambda tmpdir: build_text_task(plan, tmpdir, args.workers, args.keep_text)  # noqa: E731
         else:
             build = lambda tmpdir: _IMAGE_BUILDERS[args.task](args, tmpdir)  # noqa: E731
-        stats = build_atomically(destdir, args.force, build, args.task)
+        stats = build_atomically(destdir, args.force, inputs, build, PROG)
     except PrepError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -891,5 +926,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    install_signal_handlers()
     sys.exit(main())

@@ -1,5 +1,6 @@
 """data_prep/enwik8.py: byte-token format, enwik8 split and input checks, atomic fairseq data-bin output."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from data_prep import enwik8
+from data_prep import common, enwik8
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO_ROOT, "data_prep", "enwik8.py")
@@ -274,60 +275,143 @@ def test_existing_destdir_requires_force(tmp_path):
     destdir.mkdir()
     (destdir / "keep.me").write_text("old")
 
+    # a directory no prep wrote is never replaced, with or without --force
+    for force in ([], ["--force"]):
+        result = run_script("--pydoc-demo", "--max-bytes", 20_000, "--destdir", destdir, *force)
+        assert_cli_error(result, destdir, "not written by a data prep", "never replaced")
+        assert os.listdir(destdir) == ["keep.me"]
+    os.remove(destdir / "keep.me")
+    os.rmdir(destdir)
+
+    assert run_script("--pydoc-demo", "--max-bytes", 30_000, "--destdir", destdir).returncode == 0
     result = run_script("--pydoc-demo", "--max-bytes", 20_000, "--destdir", destdir)
     assert_cli_error(result, destdir, "already exists", "--force")
-    assert os.listdir(destdir) == ["keep.me"]
+    assert "valid:" not in result.stdout
 
-    result = run_script("--pydoc-demo", "--max-bytes", 20_000, "--destdir", destdir, "--workers", 1, "--force")
+    result = run_script("--pydoc-demo", "--max-bytes", 20_000, "--destdir", destdir, "--force")
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(destdir)) == sorted(  # old content gone; no raw/ without --keep-text
-        ["dict.txt", "preprocess.log"] + [f"{s}.{e}" for s in ("train", "valid", "test") for e in ("bin", "idx")]
+    assert "valid:         1,000 bytes" in result.stdout  # the new data-bin replaced the old one
+    assert sorted(os.listdir(destdir)) == sorted(  # no raw/ without --keep-text
+        [common.MARKER, "dict.txt"] + [f"{s}.{e}" for s in ("train", "valid", "test") for e in ("bin", "idx")]
     )
     assert leftovers(tmp_path) == []
 
 
+# --------------------------------------------------------------------------- in-process binarisation
+
+
+def _fairseq_preprocess(raw_dir, destdir):
+    """The old path: fairseq-preprocess --only-source on the byte-token text files."""
+    cmd = [sys.executable, "-m", "fairseq_cli.preprocess", "--only-source", "--destdir", str(destdir),
+           "--workers", "1"]
+    for split in ("train", "valid", "test"):
+        cmd += [f"--{split}pref", os.path.join(raw_dir, f"{split}.txt")]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+
+
+def test_binarisation_is_byte_for_byte_fairseq_preprocess(tmp_path):
+    """The numpy writer gives exactly fairseq-preprocess's dict.txt, .bin and .idx (ids, sizes, dtype)."""
+    rng = np.random.default_rng(3)
+    train = rng.integers(0, 200, 30_000, dtype=np.uint8)  # bytes 200-255 unseen in train -> <unk>
+    train[rng.random(train.size) < 0.02] = ord("\n")
+    splits = (
+        b"\n\n" + train.tobytes() + b"\n\nend",  # leading, consecutive newlines, no final newline
+        bytes(range(256)) + b"\n",  # every byte value, ends with a newline
+        b"x\n\n\xff\xfe",
+    )
+    new = tmp_path / "new"
+    new.mkdir()
+    enwik8.binarize_splits(splits, str(new))
+
+    raw, old = tmp_path / "raw", tmp_path / "old"
+    raw.mkdir()
+    for name, part in zip(("train", "valid", "test"), splits):
+        enwik8.write_byte_tokens(part, raw / f"{name}.txt")
+    _fairseq_preprocess(raw, old)
+    for name in ["dict.txt"] + [f"{s}.{e}" for s in ("train", "valid", "test") for e in ("bin", "idx")]:
+        assert (new / name).read_bytes() == (old / name).read_bytes(), name
+
+    from fairseq.data import Dictionary, data_utils
+
+    dictionary = Dictionary.load(str(new / "dict.txt"))
+    valid = data_utils.load_indexed_dataset(str(new / "valid"), dictionary)
+    assert len(valid) == 2  # byte 10 breaks the line
+    assert sum(valid[i].tolist().count(dictionary.unk()) for i in range(2)) == 56  # 200..255
+
+
+def test_no_child_process_and_the_language_modeling_task_loads_the_result(tmp_path, monkeypatch):
+    """The prep binarises in-process (nothing to orphan when it is killed); fairseq-train's LM task reads it."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    def no_child(*args, **kwargs):
+        raise AssertionError("the enwik8 prep must not start a child process")
+
+    destdir = tmp_path / "bin"
+    with monkeypatch.context() as patch:
+        patch.setattr(subprocess, "Popen", no_child)
+        patch.setattr(os, "fork", no_child)
+        assert enwik8.main(["--pydoc-demo", "--max-bytes", "20000", "--destdir", str(destdir)]) == 0
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [  # as fairseq-train sets it up
+        str(destdir), "--task", "language_modeling", "--arch", "transformer_lm", "--tokens-per-sample", "64"])
+    task = tasks.setup_task(convert_namespace_to_omegaconf(args).task)
+    task.load_dataset("valid")
+    dataset, dictionary = task.dataset("valid"), task.source_dictionary
+    stream = [t for i in range(len(dataset)) for t in dataset[i]["target"].tolist()]  # blocks of 64 tokens
+    valid = enwik8.pydoc_demo_corpus()[:20_000][18_000:19_000]
+    assert dictionary.unk() not in stream
+    assert [ord("\n") if t == dictionary.eos() else int(dictionary[t]) for t in stream] == (
+        list(valid) + ([] if valid.endswith(b"\n") else [ord("\n")]))
+
+
 # --------------------------------------------------------------------------- failures leave nothing behind
 
-_FAILING_PREPROCESS = '''
-import os, sys
-destdir = sys.argv[sys.argv.index("--destdir") + 1]
-open(os.path.join(destdir, "dict.txt"), "w").write("32 1\\n")  # looks like a started data-bin
-open(os.path.join(destdir, "train.bin"), "wb").write(b"partial")
-sys.exit(3)
-'''
+
+def _prep_written(destdir):
+    """A directory as a prep leaves it: a file and the marker."""
+    destdir.mkdir()
+    (destdir / "keep.me").write_text("old")
+    common.write_marker(str(destdir), "enwik8.py")
 
 
 @pytest.mark.parametrize("force", [False, True], ids=["new", "force-over-existing"])
-def test_failing_preprocess_leaves_nothing(tmp_path, force):
-    fake = tmp_path / "fake" / "fairseq_cli"  # shadows the real fairseq_cli via PYTHONPATH
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("")
-    (fake / "preprocess.py").write_text(_FAILING_PREPROCESS)
+def test_disk_full_while_binarising_leaves_nothing(tmp_path, monkeypatch, capsys, force):
+    real = enwik8.write_indexed_bytes
+
+    def disk_full(data, dictionary, prefix, progress=None):
+        if prefix.endswith("valid"):
+            with open(prefix + ".bin", "wb") as f:
+                f.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), prefix + ".bin")
+        return real(data, dictionary, prefix, progress)
+
+    monkeypatch.setattr(enwik8, "write_indexed_bytes", disk_full)
     parent = tmp_path / "bin"
     parent.mkdir()
     destdir = parent / "out"
     if force:
-        destdir.mkdir()
-        (destdir / "keep.me").write_text("old")
-
-    env = dict(os.environ, PYTHONPATH=str(tmp_path / "fake"))
-    result = run_script("--pydoc-demo", "--max-bytes", 20_000, "--destdir", destdir, *(["--force"] if force else []),
-                        env=env)
-    assert_cli_error(result, "fairseq-preprocess failed with exit code 3")
+        _prep_written(destdir)
+    code = enwik8.main(["--pydoc-demo", "--max-bytes", "20000", "--destdir", str(destdir),
+                        *(["--force"] if force else [])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(ERROR_PREFIX) and "valid.bin: No space left on device" in err[0], err
     assert leftovers(parent) == []
     if force:
-        assert os.listdir(destdir) == ["keep.me"] and (destdir / "keep.me").read_text() == "old"
+        assert sorted(os.listdir(destdir)) == [common.MARKER, "keep.me"]
+        assert (destdir / "keep.me").read_text() == "old"
     else:
         assert os.listdir(parent) == []
 
 
-def test_interrupt_during_preprocess_leaves_nothing(tmp_path, monkeypatch):
-    def interrupted(raw_dir, destdir, workers):
-        with open(os.path.join(destdir, "dict.txt"), "w") as f:
+def test_interrupt_during_binarisation_leaves_nothing(tmp_path, monkeypatch):
+    def interrupted(splits, outdir):
+        with open(os.path.join(outdir, "dict.txt"), "w") as f:
             f.write("32 1\n")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(enwik8, "run_preprocess", interrupted)
+    monkeypatch.setattr(enwik8, "binarize_splits", interrupted)
     parent = tmp_path / "bin"
     code = enwik8.main(["--pydoc-demo", "--max-bytes", "5000", "--destdir", str(parent / "out")])
     assert code == 130

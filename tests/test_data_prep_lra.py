@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data_prep import lra
+from data_prep import common, lra
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO_ROOT, "data_prep", "lra.py")
@@ -318,7 +318,7 @@ def test_cifar10_output(tmp_path, capsys, protocol):
         lines = read_lines(dest / "input" / f"{split}.src")
         assert lines == [" ".join(map(str, img.tolist())) for img in images], split
         assert read_lines(dest / "label" / f"{split}.label") == [str(label) for label in labels], split
-    assert sorted(os.listdir(dest)) == ["input", "label"]
+    assert sorted(os.listdir(dest)) == [common.MARKER, "input", "label"]
     assert leftovers(tmp_path / "out") == []
 
 
@@ -374,6 +374,17 @@ def test_cifar10_errors(tmp_path, capsys):
     os.remove(folder / "data_batch_5")
     assert_main_error(capsys, argv, "data_batch_5", "no such file")
     assert not os.path.exists(tmp_path / "out") or os.listdir(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("batch", ["test_batch", "data_batch_2"])
+def test_cifar10_batch_with_no_images(tmp_path, capsys, batch):
+    folder, _, _ = make_cifar(tmp_path / "in")
+    _rewrite_batch(folder / batch, lambda b: (b.__setitem__(b"data", b[b"data"][:0]),
+                                              b.__setitem__(b"labels", [])))
+    dest = tmp_path / "out" / "c"
+    assert_main_error(capsys, ["cifar10", "--input-dir", tmp_path / "in", "--destdir", dest],
+                      folder / batch, "0 images", "expected at least one row of 3072 bytes")
+    assert not os.path.exists(dest) and leftovers(tmp_path / "out") == []
 
 
 @pytest.mark.parametrize("resolution", [32, 128])
@@ -439,15 +450,16 @@ def test_corrupt_png_in_the_middle_leaves_nothing(tmp_path, capsys, damage, forc
     parent = tmp_path / "out"
     parent.mkdir()
     dest = parent / "pf"
-    if force:
+    if force:  # an earlier prep's output
         dest.mkdir()
         (dest / "keep.me").write_text("old")
+        common.write_marker(str(dest), "lra.py")
     assert_main_error(capsys, ["pathfinder", "--input-dir", tmp_path / "release", "--resolution", 32,
                                "--destdir", dest, *(["--force"] if force else [])],
                       victim, "cannot read image (truncated or corrupt PNG?)")
     assert leftovers(parent) == []
     if force:
-        assert os.listdir(dest) == ["keep.me"]
+        assert sorted(os.listdir(dest)) == [common.MARKER, "keep.me"]
     else:
         assert os.listdir(parent) == []
 
@@ -485,6 +497,30 @@ def test_listops_text(tmp_path, capsys, fake_preprocess):
         assert read_lines(dest / "raw" / "src" / f"{split}.txt") == [" ".join(t) for t, _ in expected]
         assert read_lines(dest / "raw" / "label" / f"{split}.txt") == [label for _, label in expected]
     assert "train: 7 examples | labels 0: 2, 1: 1, 2: 1, 5: 1, 8: 1, 9: 1 | tokens max 6 mean 5.1 (3 truncated)" in out
+
+
+def test_listops_unknown_tokens_are_reported(tmp_path, capsys, fake_preprocess):
+    rows = {
+        "train": LISTOPS_ROWS["train"] + [("( [MAX 1 foo ] )", "1")],  # not a ListOps token
+        "valid": LISTOPS_ROWS["valid"] + [("( [FIRST 3 4 ] )", "3"), ("( [FIRST 2 [FIRST 1 ] ] )", "2")],
+        "test": LISTOPS_ROWS["test"] + [("[MAX 7 bar bar ]", "7")],
+    }
+    clean = make_listops(tmp_path / "clean")
+    assert lra.main(["listops", "--input-dir", str(clean), "--destdir", str(tmp_path / "o")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    folder = make_listops(tmp_path / "listops-1000", rows=rows)
+    dest = tmp_path / "out"
+    assert lra.main(["listops", "--input-dir", str(folder), "--destdir", str(dest)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lra.py: warning:")]
+    assert len(warnings) == 2, warnings
+    foreign, unk = warnings
+    assert "3 tokens (2 distinct) are not ListOps tokens" in foreign
+    assert f"'foo' at {folder / 'basic_train.tsv'}:9" in foreign
+    assert f"'bar' at {folder / 'basic_test.tsv'}:3" in foreign
+    # [FIRST (3 times in valid) and bar (twice in test) never occur in train: fairseq maps them to <unk>
+    assert "5 tokens of valid/test (2 distinct) never occur in train and are mapped to <unk>" in unk
+    assert f"'[FIRST' at {folder / 'basic_val.tsv'}:4" in unk and f"'bar' at {folder / 'basic_test.tsv'}:3" in unk
+    assert (dest / "src-bin" / "dict.txt").exists()  # a warning: the prep still succeeds
 
 
 def test_imdb_text(tmp_path, capsys, fake_preprocess):
@@ -633,7 +669,7 @@ def test_listops_binarised_round_trip(tmp_path):
     result = run_script("listops", "--input-dir", tmp_path / "listops-1000", "--destdir", dest,
                         "--max-length", 8, "--workers", 1)
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(dest)) == ["label-bin", "src-bin"]
+    assert sorted(os.listdir(dest)) == [common.MARKER, "label-bin", "src-bin"]
     for split in SPLITS:
         expected = expected_listops(split, 8)
         assert read_bin(dest / "src-bin", split) == [tokens for tokens, _ in expected]
@@ -649,7 +685,7 @@ def test_aan_binarised_round_trip(tmp_path):
     dest = tmp_path / "bin" / "aan"
     result = run_script("aan", "--input-dir", tmp_path / "tsv_data", "--destdir", dest, "--workers", 1)
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(dest)) == ["label-bin", "src-bin", "src1-bin"]
+    assert sorted(os.listdir(dest)) == [common.MARKER, "label-bin", "src-bin", "src1-bin"]
     assert (dest / "src1-bin" / "dict.txt").read_text() == (dest / "src-bin" / "dict.txt").read_text()
     train_bytes = {str(b) for r in AAN_ROWS["train"] for text in r[3:] for b in text.encode("utf-8")}
     for split in SPLITS:
@@ -660,3 +696,30 @@ def test_aan_binarised_round_trip(tmp_path):
         assert text2 == [byte_symbols(r[4].encode("utf-8"), train_bytes) for r in rows], split
         assert read_bin(dest / "label-bin", split) == [[str(int(float(r[0])))] for r in rows]
     assert "labels 0: 1, 1: 2" in result.stdout
+
+
+# --------------------------------------------------------------------------- training recipes
+
+
+def test_every_recipe_passes_required_batch_size_multiple_1(tmp_path):
+    """Without it fairseq rounds batches down to multiples of 8: a split of < 8 examples is "empty"."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("fairseq-train", "fairseq-validate"):  # record the arguments instead of training
+        (bin_dir / tool).write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS_FILE"\n')
+        (bin_dir / tool).chmod(0o755)
+    folder = os.path.join(REPO_ROOT, "examples", "lra")
+    recipes = sorted(n for n in os.listdir(folder) if n.endswith(".sh") and n != "common.sh")
+    assert len(recipes) == 7, recipes
+    lacking = []
+    for recipe in recipes:
+        args = ["lra-image", "DATA", "CKPT"] if recipe == "test.sh" else ["DATA", "SAVE"]
+        env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", ARGS_FILE=str(tmp_path / recipe))
+        result = subprocess.run(["bash", os.path.join(folder, recipe), *args], capture_output=True, text=True,
+                                env=env, timeout=60)
+        assert result.returncode == 0, (recipe, result.stderr)
+        argv = (tmp_path / recipe).read_text().splitlines()
+        positions = [i for i, a in enumerate(argv) if a == "--required-batch-size-multiple"]
+        if not positions or any(argv[i + 1] != "1" for i in positions):
+            lacking.append(recipe)
+    assert lacking == [], f"recipes without --required-batch-size-multiple 1: {lacking}"

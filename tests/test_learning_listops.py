@@ -146,8 +146,8 @@ def test_lra_prep_reads_the_generated_files(tmp_path):
     lra = pytest.importorskip("data_prep.lra")
     splits = lg.generate(tmp_path, seed=4, **SMALL)
     examples = list(lra.read_listops(str(tmp_path / "basic_val.tsv")))
-    assert [label for _, label in examples] == [t for _, t in splits["val"]]
-    assert [docs[0] for docs, _ in examples] == [lg.tokenize(s) for s, _ in splits["val"]]
+    assert [label for _, label, _ in examples] == [t for _, t in splits["val"]]
+    assert [docs[0] for docs, _, _ in examples] == [lg.tokenize(s) for s, _ in splits["val"]]
 
 
 def test_deterministic_by_seed(tmp_path):

@@ -6,4 +6,4 @@ fairseq-train "$DATA" --task lra-image --input-type image --arch seqboat_lra_cif
   --add-apos --pixel-normalization 0.48 0.24 --dropout 0.0 --init-temp-scale 0.4 \
   --lr 0.01 --weight-decay 0.02 \
   --batch-size 50 --update-freq 1 --max-update 180000 --total-num-update 180000 --warmup-updates 9000 \
-  --required-batch-size-multiple 1 "${EXTRA[@]}"
+  "${EXTRA[@]}"

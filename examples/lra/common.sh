@@ -2,6 +2,8 @@
 # Upstream fixes (spec H20): a non-negative seed (upstream's seed=-1 is rejected by numpy),
 # the working memory w is set explicitly (CHUNK; the README left it open), Path-X uses the
 # experiment script's 4 layers with w = 256 consistently.
+# --required-batch-size-multiple 1 for every task: with fairseq's default of 8 a split smaller than
+# 8 examples yields no batch at all ("The dataset is empty") and larger ones lose their last n mod 8.
 set -euo pipefail
 DATA=${1:?usage: $0 DATA_DIR SAVE_DIR [extra fairseq-train flags]}
 SAVE=${2:?usage: $0 DATA_DIR SAVE_DIR [extra fairseq-train flags]}
@@ -18,4 +20,5 @@ COMMON=(
   --n-dim 16 --chunk-size "$CHUNK" --activation-fn silu --sen-rep-type mp
   --ddp-backend legacy_ddp --keep-last-epochs 1 --save-dir "$SAVE"
   --log-format simple --log-interval 100 --num-workers 0 --seed "$SEED"
+  --required-batch-size-multiple 1
 )

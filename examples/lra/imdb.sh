@@ -5,4 +5,4 @@ fairseq-train "$DATA" --task lra-text --input-type text --arch seqboat_lra_imdb 
   --encoder-layers 4 --norm-type scalenorm --attention-activation-fn softmax --local-pos \
   --dropout 0.1 --init-temp-scale 0.3 --lr 0.004 --weight-decay 0.01 \
   --batch-size 50 --update-freq 1 --max-update 25000 --total-num-update 25000 --warmup-updates 10000 \
-  --required-batch-size-multiple 1 "${EXTRA[@]}"
+  "${EXTRA[@]}"

@@ -5,4 +5,4 @@ fairseq-train "$DATA" --task lra-text --input-type text --arch seqboat_lra_listo
   --encoder-layers 6 --norm-type layernorm --attention-activation-fn softmax \
   --dropout 0.1 --init-temp-scale 0.3 --lr 0.004 --weight-decay 0.001 \
   --batch-size 64 --update-freq 1 --max-update 90000 --total-num-update 90000 --warmup-updates 27000 \
-  --required-batch-size-multiple 1 "${EXTRA[@]}"
+  "${EXTRA[@]}"
