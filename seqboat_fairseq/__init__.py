@@ -10,5 +10,6 @@ from . import encoders  # noqa: F401
 from . import models  # noqa: F401
 from . import optim  # noqa: F401
 from . import tasks  # noqa: F401
+from . import training_safety  # noqa: F401  (atomic checkpoint copies, resume fallback, save-dir lock)
 
 __version__ = "0.1.0"
