@@ -17,7 +17,7 @@ python data_prep/enwik8.py --pydoc-demo --max-bytes 400000 --destdir "$DATA" --f
 
 echo "== 2/4 train seqboat_lm_tiny for $UPDATES updates (RAdam + linear_decay, as the enwik8 recipe)"
 fairseq-train "$DATA" --user-dir seqboat_fairseq --task language_modeling --arch seqboat_lm_tiny \
-  --tokens-per-sample 512 --batch-size 8 \
+  --criterion seqboat_cross_entropy --tokens-per-sample 512 --batch-size 8 \
   --optimizer radam --radam-betas '(0.9, 0.98)' --weight-decay 0.01 --clip-norm 0.25 \
   --lr 4e-3 --lr-scheduler linear_decay --warmup-updates 60 --warmup-init-lr 1e-4 \
   --total-num-update "$UPDATES" --max-update "$UPDATES" \

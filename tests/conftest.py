@@ -78,3 +78,38 @@ def build_lra(data_dir, task, *cli_args):
     cfg = convert_namespace_to_omegaconf(args)
     task_obj = tasks.setup_task(cfg.task)
     return task_obj.build_model(cfg.model), task_obj, cfg
+
+
+def run_module(module, *args, cwd=REPO_ROOT, check=True, timeout=900, stdin=None, env=None):
+    """Runs ``python -m <module> args`` (fairseq's console scripts) and returns the completed
+    process; with ``check`` a non-zero exit fails the test with the output's tail."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, input=stdin,
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
+    if check:
+        assert proc.returncode == 0, f"{module} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-4000:]}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def pydoc_data_bin(tmp_path_factory):
+    """A small enwik8-style byte data-bin (train/valid/test) from Python's pydoc text."""
+    import subprocess
+
+    data = tmp_path_factory.mktemp("pydoc") / "data-bin"
+    subprocess.run([sys.executable, os.path.join(REPO_ROOT, "data_prep", "enwik8.py"), "--pydoc-demo",
+                    "--max-bytes", "60000", "--destdir", str(data)], check=True, capture_output=True, timeout=600)
+    return data
+
+
+def train_tiny_lm(data, save_dir, *extra, updates=2):
+    """A few updates of seqboat_lm_tiny through fairseq-train (for tests that need a checkpoint,
+    not a good model). Returns the path of checkpoint_last.pt."""
+    run_module("fairseq_cli.train", data, "--user-dir", PLUGIN_DIR, "--task", "language_modeling",
+               "--arch", "seqboat_lm_tiny", "--criterion", "seqboat_cross_entropy", "--tokens-per-sample", "64",
+               "--batch-size", "4", "--optimizer", "adam", "--lr", "3e-3", "--max-update", str(updates),
+               "--disable-validation", "--no-epoch-checkpoints", "--save-dir", save_dir, "--cpu",
+               "--num-workers", "0", "--log-format", "simple", *extra)
+    return os.path.join(str(save_dir), "checkpoint_last.pt")

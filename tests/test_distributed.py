@@ -33,11 +33,16 @@ def _losses(log):
     return {int(u): float(l) for l, u in re.findall(r"train_inner .*?loss=([\d.]+).*?num_updates=(\d+)", log)}
 
 
+def _activation_rates(log):
+    return {int(u): float(r) for u, r in re.findall(r"train_inner .*?num_updates=(\d+).*?act_rate=([\d.]+)", log)}
+
+
 def _lm_data(tmp_path):
     data = tmp_path / "data-bin"
     subprocess.run([sys.executable, os.path.join(REPO_ROOT, "data_prep", "enwik8.py"), "--pydoc-demo",
                     "--max-bytes", "40000", "--destdir", str(data)], check=True, capture_output=True)
-    return [str(data), "--task", "language_modeling", "--arch", "seqboat_lm_tiny", "--tokens-per-sample", "64"]
+    return [str(data), "--task", "language_modeling", "--arch", "seqboat_lm_tiny", "--tokens-per-sample", "64",
+            "--criterion", "seqboat_cross_entropy"]
 
 
 def _pathfinder_data(tmp_path):
@@ -73,3 +78,8 @@ def test_two_cpu_workers_match_one_worker_with_update_freq_2(tmp_path, make_data
     assert sorted(one) == list(range(1, 9)) and sorted(two) == sorted(one)
     for update in one:  # logged with 3 decimals
         assert two[update] == pytest.approx(one[update], abs=2e-3), (update, one, two)
+    # activation rates: counts summed over both workers, as over both accumulation steps
+    rates_one, rates_two = _activation_rates(single.stdout + single.stderr), _activation_rates(log)
+    assert sorted(rates_one) == list(range(1, 9)) and sorted(rates_two) == sorted(rates_one)
+    for update in rates_one:
+        assert rates_two[update] == pytest.approx(rates_one[update], abs=2e-3), (update, rates_one, rates_two)

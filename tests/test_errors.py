@@ -12,7 +12,7 @@ def lm_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("args,message", [
     (["--decoder-chunk-size", "0"], r"--decoder-chunk-size 0: give the working-memory size w > 0, or -1"),
-    (["--decoder-chunk-size", "4096", "--max-target-positions", "1024"],
+    (["--decoder-chunk-size", "4096", "--max-target-positions", "1024", "--rel-pos-bias", "simple"],
      r"--decoder-chunk-size 4096 exceeds --max-target-positions 1024"),
     (["--local-pos"], r"--local-pos .* needs --rel-pos-bias simple"),
     (["--rel-pos-bias", "simple", "--local-pos", "--decoder-chunk-size", "-1"], r"--local-pos .* positive"),
@@ -105,13 +105,33 @@ def test_lra_text_empty_split(tmp_path):
         task.load_dataset("valid")
 
 
-def test_inputs_longer_than_max_positions_work(tmp_path):
-    """Rotary extends and the simple bias clamps, so length is not a hard limit of the model
-    (fairseq's batching still filters by --max-target-positions / --tokens-per-sample)."""
+def test_length_limit_only_where_a_bias_table_is_learned(tmp_path):
+    """Rotary and --local-pos extend to any length (max_positions() is unbounded, so fairseq's
+    tools never drop or cap anything); the simple bias table of --max-target-positions entries
+    is a hard limit that the decoder refuses to exceed, in a parallel pass and while decoding."""
     import torch
 
-    for pos in ("rotary", "simple"):
-        model, _, _ = build_lm(write_byte_dictionary(tmp_path / pos), "--arch", "seqboat_lm_tiny",
-                               "--max-target-positions", "32", "--rel-pos-bias", pos)
+    for pos in (["--rel-pos-bias", "rotary"], ["--rel-pos-bias", "simple", "--local-pos"]):
+        model, _, _ = build_lm(write_byte_dictionary(tmp_path / pos[1]), "--arch", "seqboat_lm_tiny",
+                               "--max-target-positions", "32", "--tokens-per-sample", "32", *pos)
+        assert model.max_positions() >= 2 ** 31 and model.decoder.position_limit is None
         logits, _ = model.eval()(torch.randint(4, 260, (1, 100)))
         assert logits.shape == (1, 100, 260) and torch.isfinite(logits).all()
+
+    model, _, _ = build_lm(write_byte_dictionary(tmp_path / "table"), "--arch", "seqboat_lm_tiny",
+                           "--max-target-positions", "32", "--tokens-per-sample", "32", "--rel-pos-bias", "simple")
+    assert model.decoder.position_limit == 32 and model.max_positions() >= 2 ** 31  # refused, never filtered
+    model.eval()(torch.randint(4, 260, (1, 32)))
+    with pytest.raises(ValueError, match=r"33 tokens exceeds this model's limit of 32 positions.*"
+                                         r"--max-target-positions 32"):
+        model(torch.randint(4, 260, (1, 33)))
+    state = {}
+    tokens = torch.randint(4, 260, (1, 33))
+    model(tokens[:, :30], incremental_state=state)
+    model(tokens[:, :31], incremental_state=state)
+    model(tokens[:, :32], incremental_state=state)
+    with pytest.raises(ValueError, match=r"33 tokens exceeds .* limit of 32"):
+        model(tokens, incremental_state=state)
+    with pytest.raises(ValueError, match=r"--tokens-per-sample 64 exceeds --max-target-positions 32"):
+        build_lm(write_byte_dictionary(tmp_path / "t2"), "--arch", "seqboat_lm_tiny", "--rel-pos-bias", "simple",
+                 "--max-target-positions", "32", "--tokens-per-sample", "64")

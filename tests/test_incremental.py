@@ -170,7 +170,7 @@ def test_decoder_incremental_equals_full_forward(data_dir, extra):
     """fairseq convention: the whole prefix is passed at every step; the decoder feeds only
     the new token. Teacher-forced logits equal the full forward's, position by position."""
     model, _, _ = build_lm(data_dir, "--arch", "seqboat_lm_tiny", "--decoder-chunk-size", "4",
-                           "--max-target-positions", "16", *extra)
+                           "--max-target-positions", "40", "--tokens-per-sample", "40", *extra)
     model.eval()
     tokens = torch.randint(4, 260, (2, 40))
     full, _ = model(tokens)

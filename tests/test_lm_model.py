@@ -64,18 +64,49 @@ def test_upstream_architecture_names_resolve(arch):
     assert args.activation_dropout == 0.0  # upstream left it unset and crashed (H18)
 
 
-def test_activation_rates_are_logged_as_metrics(data_dir):
+def _criterion_logging_output(model, task, tokens):
+    from seqboat_fairseq.criterions.seqboat_cross_entropy import SeqBoatCrossEntropyCriterion
+
+    criterion = SeqBoatCrossEntropyCriterion(task, sentence_avg=False)
+    sample = {"net_input": {"src_tokens": tokens[:, :-1]}, "target": tokens[:, 1:],
+              "ntokens": int(tokens[:, 1:].ne(task.dictionary.pad()).sum())}
+    return criterion(model, sample)[2]
+
+
+def test_activation_rates_are_summed_counts_over_workers(data_dir):
+    """seqboat_cross_entropy logs counts; reduce_metrics turns the sum over logging outputs (two
+    workers, or two accumulation steps) into the token-weighted rate of the whole batch."""
     from fairseq.logging import metrics
 
-    model, _, _ = build_lm(data_dir, "--arch", "seqboat_lm_tiny")
-    tokens = torch.randint(4, 208, (2, 30))
+    from seqboat_fairseq.criterions.seqboat_cross_entropy import SeqBoatCrossEntropyCriterion
+
+    model, task, _ = build_lm(data_dir, "--arch", "seqboat_lm_tiny")
+    model.eval()
+    for layer in model.decoder.layers:  # two rows with very different rates, and padding
+        layer.router.log_temperature.data.fill_(-3.0)
+    tokens = torch.randint(4, 208, (2, 31))
+    tokens[1, 20:] = task.dictionary.pad()
+    _, extra = model(tokens[:, :-1])
+    real = tokens[:, :-1].ne(task.dictionary.pad())
+    expected = [a.active[real].float().mean().item() for a in extra["activations"]]
+
+    halves = [_criterion_logging_output(model, task, tokens[i:i + 1]) for i in range(2)]
+    rates_per_half = [h["act_count_l0"].item() / float(h["act_tokens"]) for h in halves]
+    assert abs(rates_per_half[0] - rates_per_half[1]) > 0.05, "the test needs rows with different rates"
     with metrics.aggregate(new_root=True) as agg:
-        _, extra = model(tokens)
+        SeqBoatCrossEntropyCriterion.reduce_metrics(halves)
     stats = agg.get_smoothed_values()
-    expected = [a.active.float().mean().item() for a in extra["activations"]]
-    assert set(stats) >= {"act_rate", "act_rate_l0", "act_rate_l1"}
     assert stats["act_rate_l0"] == pytest.approx(expected[0], abs=1e-3)
+    assert stats["act_rate_l1"] == pytest.approx(expected[1], abs=1e-3)
     assert stats["act_rate"] == pytest.approx(sum(expected) / 2, abs=1e-3)
+    # rank 0's rate alone (the old behaviour) would be off by far more than the rounding
+    assert abs(rates_per_half[0] - expected[0]) > 0.02
+    # loss first in progress bars: the rates are logged after the criterion's own metrics
+    assert list(stats)[0] == "loss"
+    # the model's forward itself logs nothing (a forward runs on one worker only)
+    with metrics.aggregate(new_root=True) as agg:
+        model(tokens)
+    assert not agg.get_smoothed_values()
 
 
 # --------------------------------------------------------------------------- upstream checkpoints

@@ -18,7 +18,7 @@ fairseq-train "$DATA" --user-dir seqboat_fairseq \
   --lr 5e-3 --lr-scheduler linear_decay --warmup-updates 24000 --warmup-init-lr 2e-3 \
   --total-num-update 400000 --end-learning-rate 0 --max-update 400000 \
   --dropout 0.15 --attention-dropout 0.0 --hidden-dropout 0.0 \
-  --criterion cross_entropy --valid-subset valid --ddp-backend legacy_ddp \
+  --criterion seqboat_cross_entropy --valid-subset valid --ddp-backend legacy_ddp \
   --save-dir "$SAVE" --no-epoch-checkpoints --log-format simple --log-interval 100 --num-workers 0 \
   --seed "$SEED" "$@"
 # seqboat_lm_enwik8_base = upstream slag_lm_enwik8_base_v2 plus the recipe's model flags:

@@ -2,7 +2,8 @@
 
 Logs ``loss`` in bits (per sentence with ``--sentence-avg``, as every LRA recipe uses) and
 ``accuracy`` in percent; select checkpoints with ``--best-checkpoint-metric accuracy
---maximize-best-checkpoint-metric``. The model logs its per-layer activation rates itself.
+--maximize-best-checkpoint-metric``; and the per-layer activation rates (``act_rate``,
+``act_rate_l{i}``, over both documents of two-tower models), as counts summed over workers.
 """
 
 import math
@@ -14,6 +15,8 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
+
+from ..models.activation_stats import activation_counts, log_activation_rates
 
 
 @dataclass
@@ -28,7 +31,7 @@ class LRACrossEntropyCriterion(FairseqCriterion):
         self.sentence_avg = sentence_avg
 
     def forward(self, model, sample, reduce: bool = True):
-        logits, _ = model(**sample["net_input"])
+        logits, extra = model(**sample["net_input"])
         target = sample["target"].view(-1)
         lprobs = F.log_softmax(logits.float(), dim=-1)
         if target.numel() and (int(target.max()) >= lprobs.size(-1) or int(target.min()) < 0):
@@ -44,6 +47,7 @@ class LRACrossEntropyCriterion(FairseqCriterion):
             "sample_size": sample_size,
             "ncorrect": ncorrect.data,
         }
+        logging_output.update(activation_counts(extra.get("activations", []), extra.get("padding_mask")))
         return loss, sample_size, logging_output
 
     @staticmethod
@@ -55,6 +59,7 @@ class LRACrossEntropyCriterion(FairseqCriterion):
         metrics.log_scalar("loss", loss_sum / max(sample_size, 1) / math.log(2), sample_size, round=3)
         if nsentences > 0:
             metrics.log_scalar("accuracy", 100.0 * ncorrect / nsentences, nsentences, round=2)
+        log_activation_rates(logging_outputs)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

@@ -1,13 +1,14 @@
 """SeqBoat language model (``--arch seqboat_lm*``; upstream ``slag_lm*``). Spec section 8.1-8.2.
 
 Decoder-only: token embedding (scaled by sqrt(D)) -> N causal SeqBoat layers -> final norm
-(prenorm only) -> output projection (optionally tied to the embedding). Each forward
-reports every layer's activation rate as fairseq metrics ``act_rate_l{i}`` (and their
-mean, ``act_rate``), so they show in the progress bar and in tensorboard.
+(prenorm only) -> output projection (optionally tied to the embedding). The forward returns
+every layer's routing decisions; ``--criterion seqboat_cross_entropy`` turns them into the
+metrics ``act_rate_l{i}`` / ``act_rate`` (``activation_stats.py``).
 """
 
 import math
-from dataclasses import MISSING, dataclass, field, fields
+import sys
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
@@ -17,63 +18,68 @@ from fairseq.models import (
     register_model,
     register_model_architecture,
 )
-from omegaconf import II
 from torch import Tensor, nn
 
 from ..modules.norms import NORM_TYPES, SequenceNorm
 from ..modules.seqboat_layer import LayerActivation, SeqBoatLayer, upgrade_upstream_layer_keys
-from .activation_stats import log_activation_rates
+from .layer_options import check_layer_options, task_name
+from .presets import apply_preset, fill_base_defaults, preset_field
 
+# upstream's default size M of the learned ("simple") relative-position bias table
 DEFAULT_MAX_TARGET_POSITIONS = 1024
+# what max_positions() reports for "no limit" (fairseq takes the min with other limits)
+UNBOUNDED_POSITIONS = sys.maxsize
 
 
 @dataclass
 class SeqBoatLMConfig(FairseqDataclass):
     """Defaults = upstream ``slag_lm`` base, except that no FFN is built (no SeqBoat recipe
-    uses one; pass ``--decoder-ffn-embed-dim`` > 0 to add it)."""
+    uses one; pass ``--decoder-ffn-embed-dim`` > 0 to add it). Architecture fields are ``None``
+    until a preset or their base default fills them (see ``presets.py``: this is what makes
+    presets work under ``fairseq-hydra-train``)."""
 
-    decoder_layers: int = field(default=6, metadata={"help": "number of SeqBoat layers"})
-    decoder_embed_dim: int = field(default=512, metadata={"help": "model dimension D"})
+    decoder_layers: Optional[int] = preset_field(6, "number of SeqBoat layers")
+    decoder_embed_dim: Optional[int] = preset_field(512, "model dimension D")
     decoder_input_dim: Optional[int] = field(
         default=None, metadata={"help": "token embedding dimension (default: D; projected to D if different)"})
-    decoder_hidden_dim: int = field(default=1664, metadata={"help": "GAU value dimension H"})
-    decoder_z_dim: int = field(default=128, metadata={"help": "GAU shared query/key dimension Z"})
-    decoder_n_dim: int = field(default=16, metadata={"help": "MD-EMA expansion dimension N"})
-    decoder_ffn_embed_dim: int = field(
-        default=-1, metadata={"help": "normalised FFN size after each layer; <= 0: no FFN"})
-    decoder_chunk_size: int = field(
-        default=-1, metadata={"help": "working-memory size w (local attention over w activated tokens); "
-                                      "<= 0: SeqBoat-full (unbounded attention over the compressed sequence)"})
-    truncation_length: Optional[int] = field(
-        default=2048, metadata={"help": "MD-EMA kernel truncation in the parallel form (<= 0: none)"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout probability"})
-    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
-    hidden_dropout: float = field(default=0.0, metadata={"help": "dropout on the GAU values v"})
-    activation_dropout: float = field(default=0.0, metadata={"help": "dropout inside the FFN (if any)"})
-    activation_fn: ChoiceEnum(["silu"]) = field(
-        default="silu", metadata={"help": "activation (SeqBoat uses SiLU throughout)"})
-    attention_activation_fn: ChoiceEnum(["softmax", "relu2", "laplace"]) = field(
-        default="softmax", metadata={"help": "attention activation"})
-    normalization_type: ChoiceEnum(list(NORM_TYPES)) = field(
-        default="layernorm", metadata={"help": "normalisation layer type"})
-    normalize_before: bool = field(default=False, metadata={"help": "prenorm (adds a final norm)"})
-    no_affine_final_norm: bool = field(default=False, metadata={"help": "final norm without parameters"})
-    rel_pos_bias: ChoiceEnum(["simple", "rotary"]) = field(
-        default="simple", metadata={"help": "relative positions: learned bias (simple) or rotary"})
-    local_pos: bool = field(
-        default=False, metadata={"help": "with simple bias and w > 0: bias over working-memory slot offsets"})
-    init_temp_scale: float = field(
-        default=0.3, metadata={"help": "router temperature init: tau_0 = scale * sqrt(D)"})
-    always_act: bool = field(
-        default=False, metadata={"help": "no router: every token runs the GAU (static MEGA-style hybrid)"})
-    share_decoder_input_output_embed: bool = field(
-        default=False, metadata={"help": "tie the input embedding and the output projection"})
-    no_scale_embedding: bool = field(default=False, metadata={"help": "do not scale embeddings by sqrt(D)"})
-    slag_local: bool = field(
-        default=False, metadata={"help": "no-op, accepted so upstream recipes parse (fairseq 0.12's "
-                                         "language_modeling task already uses plain token blocks)"})
-    tokens_per_sample: int = II("task.tokens_per_sample")
-    max_target_positions: Optional[int] = II("task.max_target_positions")
+    decoder_hidden_dim: Optional[int] = preset_field(1664, "GAU value dimension H")
+    decoder_z_dim: Optional[int] = preset_field(128, "GAU shared query/key dimension Z")
+    decoder_n_dim: Optional[int] = preset_field(16, "MD-EMA expansion dimension N")
+    decoder_ffn_embed_dim: Optional[int] = preset_field(-1, "normalised FFN size after each layer; <= 0: no FFN")
+    decoder_chunk_size: Optional[int] = preset_field(
+        -1, "working-memory size w (local attention over w activated tokens); "
+            "-1: SeqBoat-full (unbounded attention over the compressed sequence)")
+    truncation_length: Optional[int] = preset_field(
+        2048, "MD-EMA kernel truncation in the parallel form (0: none)")
+    dropout: Optional[float] = preset_field(0.1, "dropout probability")
+    attention_dropout: Optional[float] = preset_field(0.0, "dropout on attention weights")
+    hidden_dropout: Optional[float] = preset_field(0.0, "dropout on the GAU values v")
+    activation_dropout: Optional[float] = preset_field(0.0, "dropout inside the FFN (if any)")
+    activation_fn: Optional[ChoiceEnum(["silu"])] = preset_field(
+        "silu", "activation (SeqBoat uses SiLU throughout)")
+    attention_activation_fn: Optional[ChoiceEnum(["softmax", "relu2", "laplace"])] = preset_field(
+        "softmax", "attention activation")
+    normalization_type: Optional[ChoiceEnum(list(NORM_TYPES))] = preset_field(
+        "layernorm", "normalisation layer type")
+    normalize_before: Optional[bool] = preset_field(False, "prenorm (adds a final norm)")
+    no_affine_final_norm: Optional[bool] = preset_field(False, "final norm without parameters")
+    rel_pos_bias: Optional[ChoiceEnum(["simple", "rotary"])] = preset_field(
+        "simple", "relative positions: learned bias table of 2 x --max-target-positions - 1 offsets "
+                  "(simple; limits the sequence length) or rotary (no limit)")
+    local_pos: Optional[bool] = preset_field(
+        False, "with simple bias and w > 0: bias over working-memory slot offsets (no length limit)")
+    init_temp_scale: Optional[float] = preset_field(0.3, "router temperature init: tau_0 = scale * sqrt(D)")
+    always_act: Optional[bool] = preset_field(
+        False, "no router: every token runs the GAU (static MEGA-style hybrid)")
+    share_decoder_input_output_embed: Optional[bool] = preset_field(
+        False, "tie the input embedding and the output projection")
+    no_scale_embedding: Optional[bool] = preset_field(False, "do not scale embeddings by sqrt(D)")
+    slag_local: Optional[bool] = preset_field(
+        False, "no-op, accepted so upstream recipes parse (fairseq 0.12's language_modeling task "
+               "already uses plain token blocks)")
+    # the language_modeling task's options, mirrored; null under any other task (build_model refuses)
+    tokens_per_sample: Optional[int] = "${oc.select:task.tokens_per_sample,null}"
+    max_target_positions: Optional[int] = "${oc.select:task.max_target_positions,null}"
 
 
 @register_model("seqboat_lm", dataclass=SeqBoatLMConfig)
@@ -83,8 +89,10 @@ class SeqBoatLanguageModel(FairseqLanguageModel):
     @classmethod
     def build_model(cls, args, task):
         seqboat_lm_base(args)
-        if getattr(args, "max_target_positions", None) is None:
-            args.max_target_positions = getattr(args, "tokens_per_sample", None) or DEFAULT_MAX_TARGET_POSITIONS
+        if getattr(args, "tokens_per_sample", None) is None:  # not a language_modeling-style task
+            raise ValueError(f"--arch {getattr(args, '_name', None) or getattr(args, 'arch', 'seqboat_lm')} is a "
+                             f"language model: use it with --task language_modeling, not --task {task_name(task)}")
+        check_lm_options(args)
         dictionary = task.target_dictionary
         input_dim = args.decoder_input_dim or args.decoder_embed_dim
         embed_tokens = nn.Embedding(len(dictionary), input_dim, dictionary.pad())
@@ -92,20 +100,27 @@ class SeqBoatLanguageModel(FairseqLanguageModel):
         nn.init.constant_(embed_tokens.weight[dictionary.pad()], 0.0)
         return cls(SeqBoatDecoder(args, dictionary, embed_tokens))
 
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".", **kwargs):
+        """fairseq's hub loader; ``task="multiline_language_modeling"`` (any registered task name)
+        loads the checkpoint under that task (fairseq itself would silently ignore a string)."""
+        from ..generation import hub_task_override
+
+        return super().from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path,
+                                       **hub_task_override(kwargs))
+
 
 class SeqBoatDecoder(FairseqIncrementalDecoder):
     """Stack of causal SeqBoat layers over token embeddings. Batch-first in and out."""
 
     def __init__(self, args, dictionary, embed_tokens: nn.Embedding):
         super().__init__(dictionary)
-        if args.activation_fn != "silu":
-            raise ValueError(f"--activation-fn {args.activation_fn} is not supported; SeqBoat uses silu")
         dim = args.decoder_embed_dim
-        if args.decoder_chunk_size > args.max_target_positions:
-            raise ValueError(f"--decoder-chunk-size {args.decoder_chunk_size} exceeds --max-target-positions "
-                             f"{args.max_target_positions}: the working memory would be longer than any input")
         self.padding_idx = embed_tokens.padding_idx
         self.max_target_positions = args.max_target_positions
+        # Only the learned "simple" bias of absolute offsets limits the length: MD-EMA, rotary and
+        # the slot-offset bias of --local-pos extend to any position.
+        self.position_limit: Optional[int] = position_limit(args)
         self.embed_tokens = embed_tokens
         self.embed_scale = 1.0 if args.no_scale_embedding else math.sqrt(dim)
         input_dim = embed_tokens.embedding_dim
@@ -145,7 +160,7 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
                 features_only: bool = False, src_lengths=None, return_all_hiddens: bool = False,
                 **unused) -> Tuple[Tensor, Dict[str, Any]]:
         """prev_output_tokens: ``(B, T)``. Returns ``(logits (B, T, V), extra)``; ``extra``
-        holds ``inner_states`` and ``activations`` (one :class:`LayerActivation` per layer)."""
+        holds ``inner_states``, ``activations`` (one :class:`LayerActivation` per layer) and ``padding_mask``."""
         x, extra = self.extract_features(prev_output_tokens, incremental_state=incremental_state)
         if not features_only:
             x = self.output_layer(x)
@@ -153,6 +168,7 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
 
     def extract_features(self, prev_output_tokens: Tensor, encoder_out=None,
                          incremental_state=None, **unused) -> Tuple[Tensor, Dict[str, Any]]:
+        consumed = 0
         if incremental_state is not None:
             # fairseq's generators pass the whole prefix at every step; feed only the tokens
             # the layers' state has not consumed yet (one per step; the prompt at once).
@@ -162,6 +178,7 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
                     f"incremental decoding expects the full prefix: got {prev_output_tokens.size(1)} tokens "
                     f"but the state has already consumed {consumed}")
             prev_output_tokens = prev_output_tokens[:, consumed:]
+        self.check_length(consumed + prev_output_tokens.size(1))
         padding_mask = prev_output_tokens.eq(self.padding_idx)
         if not padding_mask.any():
             padding_mask = None
@@ -183,14 +200,30 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
             x = self.final_norm(x)
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
-        log_activation_rates(activations, padding_mask)
-        return x.transpose(0, 1), {"attn": [None], "inner_states": inner_states, "activations": activations}
+        return x.transpose(0, 1), {"attn": [None], "inner_states": inner_states, "activations": activations,
+                                   "padding_mask": padding_mask}
 
     def output_layer(self, features: Tensor, **kwargs) -> Tensor:
         return self.output_projection(features)
 
     def max_positions(self) -> int:
-        return self.max_target_positions
+        """What fairseq filters inputs and caps generation by: unbounded. Even a model with a
+        ``position_limit`` reports no limit here, because fairseq's tools would silently drop
+        longer inputs (``fairseq-eval-lm`` scoring fewer tokens than asked) or silently cap the
+        output; :meth:`check_length` refuses them instead, naming the limit and the flag."""
+        return UNBOUNDED_POSITIONS
+
+    def check_length(self, length: int) -> None:
+        """Refuses sequences (prompt + generated tokens, when decoding) longer than the learned
+        relative-position table covers."""
+        if self.position_limit is not None and length > self.position_limit:
+            raise ValueError(
+                f"a sequence of {length} tokens exceeds this model's limit of {self.position_limit} positions: its "
+                f"learned relative-position bias (--rel-pos-bias simple) covers offsets up to "
+                f"--max-target-positions {self.position_limit} - 1 (set when the model was built). Use "
+                f"--tokens-per-sample (plus --context-window, for fairseq-eval-lm) or prompt + --max-len-b of at "
+                f"most {self.position_limit} tokens, or train with a larger --max-target-positions, rotary "
+                "positions (--rel-pos-bias rotary) or --local-pos, which have no limit")
 
     def upgrade_state_dict_named(self, state_dict: Dict[str, Tensor], name: str) -> Dict[str, Tensor]:
         """Loads upstream (``slag_lm``) checkpoints: renames ``layers.{i}.slag_layer.*`` and
@@ -213,20 +246,48 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
 # --------------------------------------------------------------------------- architectures
 def seqboat_lm_base(args) -> None:
     """``--arch seqboat_lm`` (registered by ``register_model``): fills every value the user and
-    the preset left unset with the dataclass default."""
-    for f in fields(SeqBoatLMConfig):
-        interpolated = isinstance(f.default, str) and f.default.startswith("${")
-        if f.default is not MISSING and not interpolated and getattr(args, f.name, None) is None:
-            setattr(args, f.name, f.default)
+    the preset left unset with its base default (``presets.py``)."""
+    fill_base_defaults(args, SeqBoatLMConfig)
+    if getattr(args, "max_target_positions", None) is None:
+        args.max_target_positions = DEFAULT_MAX_TARGET_POSITIONS
 
 
 def _preset(args, **values) -> None:
-    """Sets each value the user left unset (None counts as unset: fairseq's ``safe_getattr``
-    would keep an explicit None, e.g. the task's ``max_target_positions``), then the base."""
-    for name, value in values.items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
+    apply_preset(args, SeqBoatLMConfig, **values)
     seqboat_lm_base(args)
+
+
+def position_limit(args) -> Optional[int]:
+    """The longest sequence the configuration supports, or None when nothing is learned per
+    absolute offset (rotary, ``--local-pos``)."""
+    if args.rel_pos_bias == "simple" and not args.local_pos:
+        return args.max_target_positions
+    return None
+
+
+def check_lm_options(args) -> None:
+    """Clear errors for options no model can be built with (each names its flag)."""
+    check_layer_options(
+        layers={"--decoder-layers": args.decoder_layers},
+        dims={"--decoder-embed-dim": args.decoder_embed_dim, "--decoder-hidden-dim": args.decoder_hidden_dim,
+              "--decoder-z-dim": args.decoder_z_dim, "--decoder-n-dim": args.decoder_n_dim,
+              "--decoder-input-dim": args.decoder_input_dim or args.decoder_embed_dim},
+        chunk_size={"--decoder-chunk-size": args.decoder_chunk_size},
+        truncation={"--truncation-length": args.truncation_length})
+    if args.activation_fn != "silu":
+        raise ValueError(f"--activation-fn {args.activation_fn} is not supported; SeqBoat uses silu")
+    limit = position_limit(args)
+    if limit is not None and limit < 1:
+        raise ValueError(f"--max-target-positions {limit}: must be a positive number of positions")
+    if limit is not None and args.decoder_chunk_size > limit:
+        raise ValueError(f"--decoder-chunk-size {args.decoder_chunk_size} exceeds --max-target-positions {limit}: "
+                         "the working memory would be longer than any input")
+    tokens_per_sample = getattr(args, "tokens_per_sample", None)
+    if limit is not None and isinstance(tokens_per_sample, int) and tokens_per_sample > limit:
+        raise ValueError(
+            f"--tokens-per-sample {tokens_per_sample} exceeds --max-target-positions {limit}, the size of the "
+            "learned relative-position bias (--rel-pos-bias simple): raise --max-target-positions, or use "
+            "--rel-pos-bias rotary or --local-pos, which have no length limit")
 
 
 @register_model_architecture("seqboat_lm", "seqboat_lm_tiny")

@@ -9,7 +9,7 @@
 """
 
 import math
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -17,52 +17,55 @@ import torch.nn.functional as F
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 from fairseq.modules.fairseq_dropout import FairseqDropout
-from omegaconf import II
 from torch import Tensor, nn
 
 from ..modules.norms import NORM_TYPES, SequenceNorm
 from ..modules.seqboat_layer import LayerActivation, SeqBoatLayer, upgrade_upstream_layer_keys
-from .activation_stats import log_activation_rates
+from .layer_options import check_layer_options, task_name
+from .presets import apply_preset, fill_base_defaults, preset_field
 
 
 @dataclass
 class SeqBoatLRAConfig(FairseqDataclass):
-    """Defaults = the upstream LRA base architecture with the SeqBoat parser defaults, except
-    that no FFN is built (every recipe passes ``--encoder-ffn-embed-dim -1``)."""
+    """Defaults = the SeqBoat parser defaults of upstream's LRA model, except that no FFN is
+    built (every recipe passes ``--encoder-ffn-embed-dim -1``); the presets below carry the
+    paper's per-task values. Architecture fields are ``None`` until a preset or their base
+    default fills them (see ``presets.py``: this is what makes presets work under
+    ``fairseq-hydra-train``)."""
 
-    input_type: ChoiceEnum(["text", "image"]) = II("task.input_type")
-    encoder_layers: int = field(default=6, metadata={"help": "number of SeqBoat layers"})
-    encoder_embed_dim: int = field(default=128, metadata={"help": "model dimension D"})
-    encoder_hidden_dim: int = field(default=256, metadata={"help": "GAU value dimension H"})
-    z_dim: int = field(default=64, metadata={"help": "GAU shared query/key dimension Z"})
-    n_dim: int = field(default=16, metadata={"help": "MD-EMA expansion dimension N"})
-    encoder_ffn_embed_dim: int = field(default=-1, metadata={"help": "FFN size after each layer; <= 0: none"})
-    chunk_size: int = field(
-        default=-1, metadata={"help": "working memory w: each token attends to w activated tokens on each "
-                                      "side; <= 0: SeqBoat-full"})
-    truncation_length: int = field(default=1024, metadata={"help": "MD-EMA kernel truncation (<= 0: none)"})
-    max_positions: int = II("task.max_positions")
-    norm_type: ChoiceEnum(list(NORM_TYPES)) = field(default="layernorm", metadata={"help": "normalisation"})
-    encoder_normalize_before: bool = field(default=False, metadata={"help": "prenorm (adds a final norm)"})
-    attention_activation_fn: ChoiceEnum(["softmax", "relu2", "laplace"]) = field(
-        default="relu2", metadata={"help": "attention activation"})
-    activation_fn: ChoiceEnum(["silu"]) = field(default="silu", metadata={"help": "SeqBoat uses SiLU"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout"})
-    attention_dropout: float = field(default=0.0, metadata={"help": "dropout on attention weights"})
-    act_dropout: float = field(default=0.0, metadata={"help": "dropout on the GAU values (and inside the FFN)"})
-    rel_pos_bias: ChoiceEnum(["simple", "rotary"]) = field(default="simple", metadata={"help": "positions"})
-    local_pos: bool = field(default=False, metadata={"help": "simple bias over working-memory slot offsets"})
-    init_temp_scale: float = field(default=0.3, metadata={"help": "router tau_0 = scale * sqrt(D)"})
-    act_bias: float = field(default=0.0, metadata={"help": "added to the router's skip logit (> 0: sparser)"})
-    always_act: bool = field(default=False, metadata={"help": "no router: every token runs the GAU"})
-    add_apos: bool = field(default=False, metadata={"help": "add scaled sinusoidal absolute positions"})
-    sen_rep_type: ChoiceEnum(["mp", "cls"]) = II("task.sen_rep_type")
-    use_nli: bool = field(default=False, metadata={"help": "Retrieval: also feed r0 * r1 and r0 - r1"})
-    classifier_layers: int = field(default=1, metadata={"help": "classifier hidden layers"})
-    classifier_out_dim: int = field(default=256, metadata={"help": "classifier hidden size"})
-    classifier_activation_fn: ChoiceEnum(["gelu", "relu", "silu"]) = field(
-        default="gelu", metadata={"help": "classifier activation"})
-    sentence_class_num: int = field(default=2, metadata={"help": "number of classes"})
+    # the LRA tasks' options, mirrored; null under any other task (build_model then says which to use)
+    input_type: Optional[ChoiceEnum(["text", "image"])] = "${oc.select:task.input_type,null}"
+    encoder_layers: Optional[int] = preset_field(6, "number of SeqBoat layers")
+    encoder_embed_dim: Optional[int] = preset_field(128, "model dimension D")
+    encoder_hidden_dim: Optional[int] = preset_field(256, "GAU value dimension H")
+    z_dim: Optional[int] = preset_field(64, "GAU shared query/key dimension Z")
+    n_dim: Optional[int] = preset_field(16, "MD-EMA expansion dimension N")
+    encoder_ffn_embed_dim: Optional[int] = preset_field(-1, "FFN size after each layer; <= 0: none")
+    chunk_size: Optional[int] = preset_field(
+        -1, "working memory w: each token attends to w activated tokens on each side; -1: SeqBoat-full")
+    truncation_length: Optional[int] = preset_field(1024, "MD-EMA kernel truncation (0: none)")
+    max_positions: Optional[int] = "${oc.select:task.max_positions,null}"
+    norm_type: Optional[ChoiceEnum(list(NORM_TYPES))] = preset_field("layernorm", "normalisation")
+    encoder_normalize_before: Optional[bool] = preset_field(False, "prenorm (adds a final norm)")
+    attention_activation_fn: Optional[ChoiceEnum(["softmax", "relu2", "laplace"])] = preset_field(
+        "relu2", "attention activation")
+    activation_fn: Optional[ChoiceEnum(["silu"])] = preset_field("silu", "SeqBoat uses SiLU")
+    dropout: Optional[float] = preset_field(0.1, "dropout")
+    attention_dropout: Optional[float] = preset_field(0.0, "dropout on attention weights")
+    act_dropout: Optional[float] = preset_field(0.0, "dropout on the GAU values (and inside the FFN)")
+    rel_pos_bias: Optional[ChoiceEnum(["simple", "rotary"])] = preset_field("simple", "positions")
+    local_pos: Optional[bool] = preset_field(False, "simple bias over working-memory slot offsets")
+    init_temp_scale: Optional[float] = preset_field(0.3, "router tau_0 = scale * sqrt(D)")
+    act_bias: Optional[float] = preset_field(0.0, "added to the router's skip logit (> 0: sparser)")
+    always_act: Optional[bool] = preset_field(False, "no router: every token runs the GAU")
+    add_apos: Optional[bool] = preset_field(False, "add scaled sinusoidal absolute positions")
+    sen_rep_type: Optional[ChoiceEnum(["mp", "cls"])] = "${oc.select:task.sen_rep_type,null}"
+    use_nli: Optional[bool] = preset_field(False, "Retrieval: also feed r0 * r1 and r0 - r1")
+    classifier_layers: Optional[int] = preset_field(1, "classifier hidden layers")
+    classifier_out_dim: Optional[int] = preset_field(256, "classifier hidden size")
+    classifier_activation_fn: Optional[ChoiceEnum(["gelu", "relu", "silu"])] = preset_field(
+        "gelu", "classifier activation")
+    sentence_class_num: Optional[int] = preset_field(2, "number of classes")
 
 
 class RealNumberEmbedding(nn.Module):
@@ -201,10 +204,7 @@ class SeqBoatLRAModel(BaseFairseqModel):
     @classmethod
     def build_model(cls, cfg, task):
         seqboat_lra_base(cfg)
-        if cfg.input_type == "image" and cfg.sen_rep_type != "mp":
-            raise ValueError("--sen-rep-type cls needs text input (no <CLS> pixel); use mp for images")
-        if cfg.activation_fn != "silu":
-            raise ValueError(f"--activation-fn {cfg.activation_fn} is not supported; SeqBoat uses silu")
+        check_lra_options(cfg, task)
         dictionary = None if cfg.input_type == "image" else task.source_dictionary
         return cls(cfg, SeqBoatLRAEncoder(cfg, dictionary), two_tower=getattr(task, "two_documents", False))
 
@@ -220,7 +220,6 @@ class SeqBoatLRAModel(BaseFairseqModel):
     def forward(self, src_tokens: Tensor, src_lengths: Tensor, src_tokens1: Optional[Tensor] = None,
                 src_lengths1: Optional[Tensor] = None, **unused) -> Tuple[Tensor, Dict]:
         rep0, activations, padding_mask = self.sentence_representation(src_tokens, src_lengths)
-        log_activation_rates(activations, padding_mask)
         extra = {"activations": [activations], "padding_mask": [padding_mask]}
         if self.two_tower:
             if src_tokens1 is None:
@@ -264,22 +263,51 @@ UPSTREAM_LRA_KEYS = {
 
 # --------------------------------------------------------------------------- architectures
 def seqboat_lra_base(cfg) -> None:
-    """``--arch seqboat_lra`` (registered by ``register_model``): fills unset values with the
-    dataclass defaults."""
+    """``--arch seqboat_lra`` (registered by ``register_model``): fills unset values with their
+    base defaults (``presets.py``)."""
     if getattr(cfg, "max_positions", None) is None:  # shared with the task (truncation)
         cfg.max_positions = 1024
-    for f in fields(SeqBoatLRAConfig):
-        interpolated = isinstance(f.default, str) and f.default.startswith("${")
-        if f.default is not MISSING and not interpolated and getattr(cfg, f.name, None) is None:
-            setattr(cfg, f.name, f.default)
+    fill_base_defaults(cfg, SeqBoatLRAConfig)
 
 
 def _preset(args, **values) -> None:
-    """Sets each value the user left unset, then the base defaults."""
-    for name, value in values.items():
-        if getattr(args, name, None) is None:  # (fairseq's safe_getattr keeps an explicit None)
-            setattr(args, name, value)
+    apply_preset(args, SeqBoatLRAConfig, **values)
     seqboat_lra_base(args)
+
+
+def check_lra_options(cfg, task) -> None:
+    """Clear errors for options no model can be built with, or a preset built for the other
+    kind of input than the task provides (each message names its flag)."""
+    check_layer_options(
+        layers={"--encoder-layers": cfg.encoder_layers},
+        dims={"--encoder-embed-dim": cfg.encoder_embed_dim, "--encoder-hidden-dim": cfg.encoder_hidden_dim,
+              "--z-dim": cfg.z_dim, "--n-dim": cfg.n_dim, "--sentence-class-num": cfg.sentence_class_num,
+              "--classifier-out-dim": cfg.classifier_out_dim, "--max-positions": cfg.max_positions},
+        chunk_size={"--chunk-size": cfg.chunk_size},
+        truncation={"--truncation-length": cfg.truncation_length})
+    arch = getattr(cfg, "_name", None) or getattr(cfg, "arch", None)
+    task_input = getattr(getattr(task, "cfg", None), "input_type", None)
+    if task_input is None or cfg.input_type is None:
+        raise ValueError(f"--arch {arch} is a Long Range Arena classifier: use it with --task lra-text or "
+                         f"--task lra-image, not --task {task_name(task)}")
+    expected = PRESET_INPUT_TYPES.get(arch)
+    if expected is not None and expected != task_input:
+        raise ValueError(f"--arch {arch} is a preset for {expected} input, but the task provides {task_input} "
+                         f"input: use --task lra-{expected} with this preset, or a {task_input} preset "
+                         f"({', '.join(a for a, t in PRESET_INPUT_TYPES.items() if t == task_input)})")
+    if cfg.input_type == "image" and cfg.sen_rep_type != "mp":
+        raise ValueError("--sen-rep-type cls needs text input (no <CLS> pixel); use mp for images")
+    if cfg.activation_fn != "silu":
+        raise ValueError(f"--activation-fn {cfg.activation_fn} is not supported; SeqBoat uses silu")
+
+
+# the input each task-specific preset was built for (checked against the task's)
+PRESET_INPUT_TYPES = {
+    **{f"{prefix}_lra_{name}": "text" for prefix in ("seqboat", "slag") for name in ("listop", "imdb", "aan")},
+    "slag_lra_listop_base": "text",
+    **{f"{prefix}_lra_{name}": "image" for prefix in ("seqboat", "slag") for name in ("cifar10", "pf32", "pf128")},
+    "slag_lra_pf128_base": "image",
+}
 
 
 # The paper's per-task configurations (spec 8.5: architecture + published recipe flags). The
