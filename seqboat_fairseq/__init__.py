@@ -7,6 +7,7 @@ LR scheduler and the ``enwik8_bytes`` encoder with fairseq.
 from . import checkpoint_compat  # noqa: F401  (must come first: torch.load allow-list)
 from . import criterions  # noqa: F401
 from . import encoders  # noqa: F401
+from . import generation  # noqa: F401  (--task multiline_language_modeling)
 from . import models  # noqa: F401
 from . import optim  # noqa: F401
 from . import tasks  # noqa: F401
