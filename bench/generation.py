@@ -123,8 +123,30 @@ def build_lm(*cli_args: str):
     return model.eval(), task
 
 
-def state_bytes(state: Dict[str, Optional[torch.Tensor]]) -> int:
-    return sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
+def state_tensors(state, prefix: str = "") -> Dict[str, torch.Tensor]:
+    """Every tensor of a (possibly nested) decoding state, by dotted name."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    if isinstance(state, dict):
+        return {k: t for key, value in state.items() for k, t in state_tensors(value, f"{prefix}{key}.").items()}
+    return {}
+
+
+def state_bytes(state) -> int:
+    return sum(t.numel() * t.element_size() for t in state_tensors(state).values())
+
+
+def state_shapes(state) -> Dict[str, tuple]:
+    return {k: tuple(t.shape) for k, t in state_tensors(state).items()}
+
+
+def clone_state(state):
+    """A deep copy: SeqBoat states are updated in place by step / forward_chunk."""
+    if isinstance(state, torch.Tensor):
+        return state.clone()
+    if isinstance(state, dict):
+        return {key: clone_state(value) for key, value in state.items()}
+    return state
 
 
 def median(values: List[float]) -> float:
@@ -263,10 +285,10 @@ class SeqBoatContestant(Contestant):
         model(self.tokens[:, :context], incremental_state=self.incremental_state)  # one parallel pass
         self.prefill_ms = now_ms() - start
         states = seqboat_states(model, self.incremental_state)
-        assert int(states[0]["position"][0]) == context
+        assert states[0]["length"] == context
         self.layer_bytes = [state_bytes(s) for s in states]
-        self.shapes = [{k: tuple(v.shape) for k, v in s.items()} for s in states]
-        self.layer_states = [dict(s) for s in states]  # step / forward_chunk never mutate a state in place
+        self.shapes = [state_shapes(s) for s in states]
+        self.layer_states = [clone_state(s) for s in states]  # step / forward_chunk update a state in place
         self.layer_calls = 0
 
     def model_step(self):
@@ -295,8 +317,7 @@ class SeqBoatContestant(Contestant):
         model_t, layer_t = timings["model"], timings["layer"]
         after = seqboat_states(self.model, self.incremental_state)
         constant = all(state_bytes(s) == b for s, b in zip(after + self.layer_states, self.layer_bytes * 2)) and all(
-            {k: tuple(v.shape) for k, v in s.items()} == shp
-            for s, shp in zip(after + self.layer_states, self.shapes * 2))
+            state_shapes(s) == shp for s, shp in zip(after + self.layer_states, self.shapes * 2))
         return dict(
             model="seqboat", context=self.context,
             ms_per_token_layer=median(layer_t["times"]), ms_per_token_model=median(model_t["times"]),

@@ -109,9 +109,16 @@ def test_gradcheck_small():
     x = torch.randn(7, 2, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda inp: ema(inp), (x,))
     ema_c = _ema(False, 3, dim=3, ndim=2).double()
-    state = {k: v.double() for k, v in ema_c.init_state(2).items()}
     position = torch.zeros(2, dtype=torch.long)
-    assert torch.autograd.gradcheck(lambda inp: ema_c.forward_chunk(inp, state, position)[1]["lag_hidden"], (x,))
+    carried = torch.randn(2, 3, 2, dtype=torch.float64)
+
+    def chunk_state(inp):  # forward_chunk updates its state in place: a fresh one per call
+        state = {k: v.double() for k, v in ema_c.init_state(2).items()}
+        state["hidden"].copy_(carried)
+        _, state = ema_c.forward_chunk(inp, state, position)
+        return state["lag_hidden"], state["hidden"]
+
+    assert torch.autograd.gradcheck(chunk_state, (x,))
 
 
 def test_parameter_shapes_and_init():

@@ -47,5 +47,5 @@ def test_cpu_bf16_autocast_forward_backward():
 def test_fp16_decoding_state_stays_fp32():
     layer = _layer().to(torch.float16)
     state = layer.init_state(2, dtype=torch.float16)
-    assert state["ema_hidden"].dtype == torch.float32 and state["ema_inputs"].dtype == torch.float32
-    assert state["memory_key"].dtype == torch.float16
+    assert state["ema"]["hidden"].dtype == torch.float32 and state["ema"]["inputs"].dtype == torch.float32
+    assert state["gau"]["key"].dtype == torch.float16

@@ -21,12 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .initializers import trunc_normal_
 from .precision import upcast
-
-
-def trunc_normal_(tensor: Tensor, std: float) -> Tensor:
-    """Normal(0, std^2) truncated to [-2 std, 2 std] (upstream's ``Normal`` helper)."""
-    return nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
 
 
 class MultiHeadEMA(nn.Module):
@@ -119,19 +115,21 @@ class MultiHeadEMA(nn.Module):
         return y.type_as(x).permute(2, 0, 1) + residual
 
     # ------------------------------------------------------------------ recurrent form
-    # Decoding state (all fp32, batch first):
-    #   hidden      (B, D, N)  h_t, the untruncated recurrence
-    #   lag_hidden  (B, D, N)  h_{t - L_k}            } only with truncation L_k: the truncated
+    # Decoding state (all fp32, batch first), updated in place by step / forward_chunk:
+    #   hidden      (B, D, N)   h_t, the untruncated recurrence
+    #   lag_hidden  (B, D, N)   h_{t - L_k}            } only with truncation L_k: the truncated
     #   inputs      (B, L_k, D) last L_k inputs, a    } kernel is y_t = C (h_t - phi^L_k h_{t-L_k}),
-    #                          ring indexed by t % L_k } exact with O(D N) work per token.
-    def init_state(self, batch_size: int, device=None) -> Dict[str, Tensor]:
-        """The only place that decides the decoding-state shapes."""
+    #                           ring indexed by t % L_k } exact with O(D N) work per token.
+    def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> Dict[str, Tensor]:
+        """An empty decoding state; the only place that decides its shapes. It is kept in at
+        least fp32 whatever the model's ``dtype`` (fp16/bf16 recurrences drift)."""
         assert not self.bidirectional, "incremental decoding needs a causal (unidirectional) EMA"
+        dtype = torch.promote_types(dtype, torch.float32)
         shape = (batch_size, self.embed_dim, self.ndim)
-        state = {"hidden": torch.zeros(shape, device=device)}
+        state = {"hidden": torch.zeros(shape, device=device, dtype=dtype)}
         if self.truncation is not None:
-            state["lag_hidden"] = torch.zeros(shape, device=device)
-            state["inputs"] = torch.zeros(batch_size, self.truncation, self.embed_dim, device=device)
+            state["lag_hidden"] = torch.zeros(shape, device=device, dtype=dtype)
+            state["inputs"] = torch.zeros(batch_size, self.truncation, self.embed_dim, device=device, dtype=dtype)
         return state
 
     def _readout(self, state: Dict[str, Tensor], phi: Tensor) -> Tensor:
@@ -144,65 +142,78 @@ class MultiHeadEMA(nn.Module):
 
     def step(self, x: Tensor, state: Dict[str, Tensor], position: Tensor,
              padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """One token: x ``(B, D)`` at absolute ``position`` ``(B,)``. Returns ``(y (B, D), state)``.
+        """One token: x ``(B, D)`` at absolute ``position`` ``(B,)``. Returns ``(y (B, D), state)``,
+        the state updated in place (O(D N) work, nothing copied):
 
         h <- phi h + p beta x  (and, if truncated, h_lag <- phi h_lag + p beta x_{t - L_k}).
         """
         p_beta, phi = (c.squeeze(-1) for c in self.coefficients())
         u = upcast(x) if padding_mask is None else upcast(x).masked_fill(padding_mask.unsqueeze(-1), 0.0)
-        new = {"hidden": phi * state["hidden"] + p_beta * u.unsqueeze(-1)}
         if self.truncation is not None:
-            rows = torch.arange(x.size(0), device=x.device)
-            slot = position % self.truncation
-            inputs = state["inputs"].clone()
-            evicted = inputs[rows, slot]  # x_{t - L_k} (zeros before the sequence start)
-            inputs[rows, slot] = u.to(inputs.dtype)
-            new["inputs"] = inputs
-            new["lag_hidden"] = phi * state["lag_hidden"] + p_beta * evicted.unsqueeze(-1)
-        y = self._readout(new, phi)
-        return y.type_as(x) + x * self.omega, new
+            slot = (position % self.truncation).view(-1, 1, 1).expand(-1, 1, self.embed_dim)
+            evicted = state["inputs"].gather(1, slot).squeeze(1)  # x_{t - L_k} (zeros before the start)
+            state["inputs"].scatter_(1, slot, u.unsqueeze(1))
+            state["lag_hidden"].mul_(phi).add_(p_beta * evicted.unsqueeze(-1))
+        state["hidden"].mul_(phi).add_(p_beta * u.unsqueeze(-1))
+        y = self._readout(state, phi)
+        return y.type_as(x) + x * self.omega, state
 
     def forward_chunk(self, x: Tensor, state: Dict[str, Tensor], position: Tensor,
                       padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
         """T tokens at once with a carried state (prompt prefill): equal to T ``step`` calls.
 
         x: ``(T, B, D)``; position ``(B,)`` of its first token; padding_mask ``(B, T)``.
-        Returns ``(y (T, B, D), state)``.
+        Returns ``(y (T, B, D), state)``, the state updated in place. The work is that of the
+        parallel ``forward`` (FFT convolution) plus O(B D N T) for the carried and the final
+        hidden states, computed blockwise: no (D, N, T) tensor is built.
         """
         seq_len = x.size(0)
         u = x if padding_mask is None else x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
         u = upcast(u).permute(1, 2, 0)  # (B, D, T)
-        y, hidden = self._scan(u, state["hidden"])
-        new = {"hidden": hidden}
-        if self.truncation is not None:
+        if self.truncation is None:
+            y = _causal_fft_conv(u, self.kernel(seq_len)) + self._carried(state["hidden"], seq_len)
+        else:
             trunc = self.truncation
             offsets = torch.arange(trunc, device=x.device)
-            rows = torch.arange(x.size(1), device=x.device).unsqueeze(1)
+            ring = state["inputs"]
             # the ring in chronological order (oldest first), then the new inputs
-            history = state["inputs"][rows, (position.unsqueeze(1) + offsets) % trunc]  # (B, L_k, D)
-            seq = torch.cat([history.transpose(1, 2), u], dim=2)  # (B, D, L_k + T)
+            order = ((position.unsqueeze(1) + offsets) % trunc).unsqueeze(-1).expand(-1, -1, self.embed_dim)
+            seq = torch.cat([ring.gather(1, order).transpose(1, 2), u], dim=2)  # (B, D, L_k + T)
             y = _causal_fft_conv(seq, self.kernel(trunc))[..., trunc:]
             # inputs leaving the ring advance h_lag; the last L_k inputs stay
-            new["lag_hidden"] = self._scan(seq[..., :seq_len], state["lag_hidden"])[1]
-            inputs = torch.empty_like(state["inputs"])
-            inputs[rows, (position.unsqueeze(1) + seq_len + offsets) % trunc] = seq[..., seq_len:].transpose(1, 2)
-            new["inputs"] = inputs
-        return y.type_as(x).permute(2, 0, 1) + x * self.omega, new
+            state["lag_hidden"].copy_(self._advance(state["lag_hidden"], seq[..., :seq_len]))
+            new_order = ((position.unsqueeze(1) + seq_len + offsets) % trunc).unsqueeze(-1)
+            ring.scatter_(1, new_order.expand(-1, -1, self.embed_dim), seq[..., seq_len:].transpose(1, 2))
+        state["hidden"].copy_(self._advance(state["hidden"], u))
+        return y.type_as(x).permute(2, 0, 1) + x * self.omega, state
 
-    def _scan(self, u: Tensor, h0: Tensor) -> Tuple[Tensor, Tensor]:
-        """The untruncated recurrence over a chunk, in parallel. u: ``(B, D, T)`` (>= fp32),
-        h0: ``(B, D, N)``. Returns ``(C h_t for t < T (B, D, T), h_T)``, no omega skip."""
+    def _powers(self, count: int, step: int = 1) -> Tensor:
+        """``phi ** (step * i)`` for i < count: ``(D, N, count)`` fp32."""
+        _, phi = self.coefficients()
+        return torch.exp(torch.arange(count, device=phi.device, dtype=phi.dtype) * step * torch.log(phi))
+
+    def _advance(self, h0: Tensor, u: Tensor) -> Tensor:
+        """h_T = phi^T h_0 + sum_s p beta phi^(T-1-s) u_s for u ``(B, D, T)``; h0 ``(B, D, N)``.
+        The sum runs over sqrt(T)-sized blocks: lag l = a B + b, phi^l = phi^(a B) phi^b."""
         seq_len = u.size(-1)
-        p_beta, phi = self.coefficients()
-        gamma = upcast(self.gamma) * self.scale
-        lags = torch.arange(seq_len, device=u.device, dtype=phi.dtype).view(1, 1, seq_len)
-        vander = torch.exp(lags * torch.log(phi))  # phi^l, (D, N, T)
-        y = _causal_fft_conv(u, torch.einsum("dnl,dn->dl", p_beta * vander, gamma))
-        decay = vander * phi  # phi^(t+1): how h_0 reaches y_t
-        y = y + torch.einsum("dnt,dn,bdn->bdt", decay, gamma, h0)
-        # h_T = sum_s p beta phi^(T-1-s) u_s + phi^T h_0
-        h = torch.einsum("dnl,bdl->bdn", p_beta * vander.flip(-1), u) + decay[..., -1] * h0
-        return y, h
+        if seq_len == 0:
+            return h0
+        p_beta, _ = self.coefficients()
+        block = math.isqrt(seq_len - 1) + 1
+        blocks = -(-seq_len // block)
+        lagged = F.pad(u.flip(-1), (0, blocks * block - seq_len)).unflatten(-1, (blocks, block))  # u_{T-1-l}
+        inner = torch.einsum("dnb,zdab->zdna", self._powers(block), lagged)
+        h = torch.einsum("dna,zdna->zdn", self._powers(blocks, block), inner) * p_beta.squeeze(-1)
+        return h + self._powers(2, seq_len)[..., 1] * h0
+
+    def _carried(self, h0: Tensor, seq_len: int) -> Tensor:
+        """How the carried state reaches the outputs: ``C phi^(t+1) h_0`` for t < T, ``(B, D, T)``."""
+        block = math.isqrt(max(seq_len, 1) - 1) + 1
+        blocks = -(-seq_len // block)
+        _, phi = self.coefficients()
+        weighted = (upcast(self.gamma) * self.scale) * phi.squeeze(-1) * h0  # C phi h_0, (B, D, N)
+        y = torch.einsum("zdn,dna,dnb->zdab", weighted, self._powers(blocks, block), self._powers(block))
+        return y.flatten(-2)[..., :seq_len]
 
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, ndim={self.ndim}, "

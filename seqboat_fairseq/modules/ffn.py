@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from fairseq.modules.fairseq_dropout import FairseqDropout
 from torch import Tensor, nn
 
-from .ema import trunc_normal_
+from .initializers import trunc_normal_
 from .norms import SequenceNorm
 
 

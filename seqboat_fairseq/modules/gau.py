@@ -5,30 +5,33 @@
     O = Attn(q, k, v)   (working memory of w slots, or unbounded; see local_attention)
     g = out_proj(O * r)
 
+The GAU takes the whole (uncompressed) sequence and the router's decisions: it compresses the
+active tokens, attends among them and scatters the result back (zeros for skipped tokens), in
+all three modes of the common decoding contract:
+
+* ``forward``: the parallel pass (training, scoring);
+* ``step``: one new token per row over the working memory, O(w) work, state updated in place;
+* ``forward_chunk``: several new tokens (prompt prefill) over [memory; new active tokens].
+
 Upstream fuses this into the layer (``mx_proj``, ``h_proj``, ``gamma``, ``beta``,
 ``rel_pos_bias``); ``seqboat_layer.UPSTREAM_KEY_MAP`` renames those checkpoint keys.
+See ``docs/design.md`` for the working-memory state.
 """
 
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from fairseq.modules.fairseq_dropout import FairseqDropout
 from torch import Tensor, nn
 
-from .ema import trunc_normal_
-from .local_attention import ATTENTION_ACTIVATIONS, local_attention
+from .initializers import linear, trunc_normal_
+from .local_attention import ATTENTION_ACTIVATIONS, local_attention, memory_attention
 from .positions import RelativePositionalBias, apply_rotary
+from .sma import Compression, compress, extract, plan_compression
 
 REL_POS_TYPES = ("simple", "rotary")
-
-
-def _linear(in_features: int, out_features: int) -> nn.Linear:
-    layer = nn.Linear(in_features, out_features)
-    with torch.no_grad():
-        trunc_normal_(layer.weight, 0.02)
-        layer.bias.zero_()
-    return layer
+MemoryState = Dict[str, Tensor]
 
 
 class GatedAttentionUnit(nn.Module):
@@ -72,8 +75,8 @@ class GatedAttentionUnit(nn.Module):
             self.rel_pos = RelativePositionalBias.local(window)
         else:
             self.rel_pos = RelativePositionalBias.simple(max_positions)
-        self.in_proj = _linear(embed_dim, zdim + 2 * hdim)
-        self.out_proj = _linear(hdim, embed_dim)
+        self.in_proj = linear(embed_dim, zdim + 2 * hdim)
+        self.out_proj = linear(hdim, embed_dim)
         self.hidden_dropout = FairseqDropout(hidden_dropout, module_name=type(self).__name__)
         self.attention_dropout = FairseqDropout(attention_dropout, module_name=type(self).__name__)
         self.dropout = FairseqDropout(dropout, module_name=type(self).__name__)
@@ -99,9 +102,9 @@ class GatedAttentionUnit(nn.Module):
         g = self.out_proj(attended * r)
         return g if self.causal else self.dropout(g)
 
-    def forward(self, s: Tensor, positions: Tensor, slot_valid: Tensor) -> Tensor:
-        """s: ``(B, C, D)`` compressed SSM outputs; positions: ``(B, C)`` original 0-based
-        positions of the slots; slot_valid: ``(B, C)`` bool. Returns ``(B, C, D)``."""
+    def attend(self, s: Tensor, positions: Tensor, slot_valid: Tensor) -> Tensor:
+        """The GAU on an already compressed slot sequence. s: ``(B, C, D)``; positions: ``(B, C)``
+        original 0-based positions of the slots; slot_valid: ``(B, C)`` bool. Returns ``(B, C, D)``."""
         q, k, r, v = self.project(s, positions)
         attended = local_attention(
             q, k, v, slot_valid, window=self.window, causal=self.causal,
@@ -109,6 +112,121 @@ class GatedAttentionUnit(nn.Module):
             bias=self.rel_pos, dropout=self.attention_dropout,
         )
         return self.output(attended, r)
+
+    def forward(self, s: Tensor, active: Tensor) -> Tensor:
+        """s: ``(B, L, D)``, active: ``(B, L)`` bool. Runs on the active tokens only; returns
+        ``(B, L, D)`` with zeros at skipped tokens."""
+        plan = plan_compression(active)
+        return extract(self.attend(compress(s, plan), plan.index, plan.slot_valid), plan)
+
+    # ------------------------------------------------------------------ incremental decoding
+    # Working memory (causal only), batch first, updated in place by step / forward_chunk:
+    #   key (B, S, Z) rotated at its absolute position, value (B, S, H),
+    #   position (B, S) absolute position, rank (B, S) activation rank (0-based) of each slot,
+    #   count (B,) activated tokens so far. A ring: the token of rank r lives in slot r % S.
+    # S = w + 1 (the w previous activated tokens and the current one); SeqBoat-full keeps every
+    # activated token, so S grows (doubling) to the number of tokens consumed.
+    def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> MemoryState:
+        slots = self.window + 1 if self.window is not None else 0
+        return {
+            "key": torch.zeros(batch_size, slots, self.zdim, device=device, dtype=dtype),
+            "value": torch.zeros(batch_size, slots, self.hdim, device=device, dtype=dtype),
+            "position": torch.zeros(batch_size, slots, dtype=torch.long, device=device),
+            "rank": torch.zeros(batch_size, slots, dtype=torch.long, device=device),
+            "count": torch.zeros(batch_size, dtype=torch.long, device=device),
+        }
+
+    def _reserve(self, state: MemoryState, max_count: int) -> None:
+        """SeqBoat-full: make room for ``max_count`` activated tokens (a Python bound known to
+        the caller, so no device value is read)."""
+        slots = state["key"].size(1)
+        if self.window is not None or max_count <= slots:
+            return
+        grown = max(max_count, 2 * slots, 16)
+        for name in ("key", "value", "position", "rank"):
+            old = state[name]
+            state[name] = torch.cat([old, old.new_zeros(old.size(0), grown - slots, *old.shape[2:])], dim=1)
+
+    def step(self, s: Tensor, active: Tensor, position: Tensor, state: MemoryState, max_count: int) -> Tensor:
+        """One new token per row. s: ``(B, D)``; active: ``(B,)`` bool; position: ``(B,)``;
+        ``max_count``: a bound on ``count`` after this token (tokens consumed so far + 1).
+        Returns ``(B, D)`` (zeros where the token is skipped). No host synchronisation."""
+        self._reserve(state, max_count)
+        q, k, r, v = self.project(s.unsqueeze(1), position.unsqueeze(1))
+        keys, values, count = state["key"], state["value"], state["count"]
+        bsz, slots = keys.shape[:2]
+        rank = count.clone()  # of the new token, if active (count is updated in place below)
+        slot = (rank % slots).view(bsz, 1)
+        keep = ~active.view(bsz, 1)
+
+        def write(buffer: Tensor, new: Tensor) -> None:  # buffer[b, slot[b]] = new[b] where active
+            index = slot.view(bsz, 1, *([1] * (buffer.dim() - 2))).expand(bsz, 1, *buffer.shape[2:])
+            old = buffer.gather(1, index)
+            buffer.scatter_(1, index, torch.where(keep.view(bsz, 1, *([1] * (buffer.dim() - 2))), old,
+                                                  new.to(buffer.dtype)))
+
+        write(keys, k)
+        write(values, v)
+        write(state["position"], position.unsqueeze(1))
+        write(state["rank"], rank.unsqueeze(1))
+        count.add_(active.long())
+        valid = torch.arange(slots, device=s.device).unsqueeze(0) < count.clamp(max=slots).unsqueeze(1)
+        if self.local_pos:  # slot offsets: how many activated tokens back
+            offsets = state["rank"] - rank.unsqueeze(1)
+        else:
+            offsets = state["position"] - position.unsqueeze(1)
+        attended = memory_attention(q[:, 0], keys, values, valid, window=self.window, activation=self.activation,
+                                    offsets=offsets, bias=self.rel_pos, dropout=self.attention_dropout)
+        return self.output(attended.unsqueeze(1), r)[:, 0] * active.unsqueeze(-1).to(s.dtype)
+
+    def forward_chunk(self, s: Tensor, active: Tensor, positions: Tensor, state: MemoryState,
+                      max_count: int) -> Tensor:
+        """Several new tokens per row (prompt prefill). s: ``(B, T, D)``; active, positions:
+        ``(B, T)``; ``max_count`` as in ``step``. Returns ``(B, T, D)``; leaves the state that
+        T calls of ``step`` leave. The GAU attends over [memory; new active tokens], compacted
+        per row so that slot distance equals activation-rank distance."""
+        self._reserve(state, max_count)
+        bsz, slots = state["key"].shape[:2]
+        count = state["count"]
+        arange = torch.arange(slots, device=s.device).unsqueeze(0)
+        held = count.clamp(max=slots)  # memory entries, ranks count - held .. count - 1
+        # the memory in chronological order (oldest first): rank count - held + i is in slot rank % S
+        chronological = Compression((count - held).unsqueeze(1) + arange, arange < held.unsqueeze(1),
+                                    None, held, False)
+        if slots:
+            chronological = chronological._replace(index=chronological.index % slots * chronological.slot_valid)
+
+        new_plan = plan_compression(active)
+        new_positions = compress(positions, new_plan)
+        q, k, r, v = self.project(compress(s, new_plan), new_positions)
+        joint = plan_compression(torch.cat([chronological.slot_valid, new_plan.slot_valid], dim=1))
+
+        def joined(memory: Tensor, new: Tensor) -> Tensor:
+            return compress(torch.cat([compress(memory, chronological), new.to(memory.dtype)], dim=1), joint)
+
+        joint_k, joint_v = joined(state["key"], k), joined(state["value"], v)
+        joint_pos = joined(state["position"], new_positions)
+        joint_q = compress(torch.cat([q.new_zeros(bsz, slots, q.size(-1)), q], dim=1), joint)
+        attended = local_attention(
+            joint_q, joint_k, joint_v, joint.slot_valid, window=self.window, causal=True,
+            activation=self.activation, positions=self.bias_positions(joint_pos), bias=self.rel_pos,
+            dropout=self.attention_dropout)
+        attended = extract(attended, joint)[:, slots:]  # back to the new tokens' slots
+        out = extract(self.output(attended, r), new_plan)
+
+        # the new ring: the last S of the joint (chronological) entries, the token of rank r in slot r % S
+        total = count + new_plan.count
+        kept = total.clamp(max=slots)
+        first = (total - kept).unsqueeze(1)  # rank of the oldest kept entry
+        ring_rank = first + (arange - first) % max(slots, 1)
+        ring_valid = ring_rank < total.unsqueeze(1)
+        source = (ring_rank - (count - held).unsqueeze(1)).clamp(min=0, max=max(joint_k.size(1) - 1, 0))
+        ring = Compression(source * ring_valid, ring_valid, None, kept, False)
+        for name, joint_values in (("key", joint_k), ("value", joint_v), ("position", joint_pos)):
+            state[name].copy_(compress(joint_values, ring))
+        state["rank"].copy_(ring_rank * ring_valid)
+        count.copy_(total)
+        return out
 
     def extra_repr(self) -> str:
         pos = "rotary" if self.rotary else ("local_pos" if self.local_pos else "simple")

@@ -8,7 +8,7 @@ L x L is ever materialised (upstream's H9), and rotary extends to any position.
 import torch
 from torch import Tensor, nn
 
-from .ema import trunc_normal_
+from .initializers import trunc_normal_
 from .precision import upcast
 
 
