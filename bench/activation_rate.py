@@ -1,11 +1,10 @@
 """Cost of one SeqBoat layer vs its activation rate (CPU).
 
 A single causal ``SeqBoatLayer`` (SeqBoat, working memory w) on random inputs ``x (L, B, D)``;
-its router is replaced by one whose hard decision is a *fixed random mask* with exactly
-``round(rate * L)`` active tokens per row (10%, 25%, 50%, 100% by default). The gate stays
-differentiable: it is the original router's confidence ``max softmax(u / tau)`` (same
-formula as ``LatentConfigurator``) times the forced mask, so the backward pass reaches
-``hx_proj`` and the temperature exactly as in training.
+its router's hard decision is fixed (``seqboat_fairseq.modules.sma.forced_activation``) to a
+*random mask* with exactly ``round(rate * L)`` active tokens per row (10%, 25%, 50%, 100% by
+default). The gate stays differentiable: it is the router's own confidence times the forced
+mask, so the backward pass reaches ``hx_proj`` and the temperature exactly as in training.
 
 Timed per rate (median of repeats; the repeats are interleaved across rates so slow
 phases of a shared machine hit every rate alike):
@@ -25,6 +24,7 @@ Run from the repository root::
 """
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -91,25 +91,6 @@ def random_mask(batch: int, length: int, rate: float, seed: int):
     return mask
 
 
-def force_router(layer, mask):
-    """Replaces ``layer.router.forward`` with a fixed decision ``mask`` and a differentiable gate
-    (the router's own confidence, as in ``LatentConfigurator.forward``, times the mask)."""
-    import torch
-
-    router = layer.router
-
-    def forced(logits, padding_mask=None, act_bias=0.0):
-        u = logits.float()
-        if act_bias != 0.0:
-            u = u + u.new_tensor([act_bias, 0.0])
-        probs = torch.softmax(u / torch.exp(router.log_temperature.float()), dim=-1)
-        confidence = probs.max(dim=-1).values
-        active = mask if padding_mask is None else mask & ~padding_mask
-        return active, (confidence * active).to(logits.dtype)
-
-    router.forward = forced  # instance attribute: nn.Module.__call__ picks it up
-
-
 class Measurement:
     def __init__(self, name, fn):
         self.name, self.fn, self.times, self.others = name, fn, [], []
@@ -121,7 +102,7 @@ def main():
     threads = setup_torch(args.threads, args.seed)
     import torch
 
-    from seqboat_fairseq.modules.sma import compress, extract, plan_compression
+    from seqboat_fairseq.modules.sma import forced_activation
 
     rates = parse_float_list(args.rates)
     L, B, D = args.seq_len, args.batch_size, args.dim
@@ -132,10 +113,11 @@ def main():
     grad_g = torch.randn(B, L, D, generator=g)
 
     configs = []  # (name, rate, layer, mask or None)
+    forced = contextlib.ExitStack()  # every layer's router fixed to its mask for the whole run
     for i, rate in enumerate(rates):
         layer = build_layer(args, always_active=False)
         mask = random_mask(B, L, rate, args.seed + 100 + i)
-        force_router(layer, mask)
+        forced.enter_context(forced_activation(layer, lambda active, mask=mask: mask))
         configs.append((f"seqboat_w{args.window}" if args.window > 0 else "seqboat_full", rate, layer, mask))
     if not args.no_always_active:
         configs.append(("always_active", 1.0, build_layer(args, always_active=True), None))
@@ -162,9 +144,8 @@ def main():
         sg = s.clone().requires_grad_(grad)
 
         def run():
-            plan = plan_compression(full)
             with torch.set_grad_enabled(grad):
-                out = extract(gau(compress(sg, plan), plan.index, plan.slot_valid), plan)
+                out = gau(sg, full)  # compress, attend, extract
                 if grad:
                     gau.zero_grad(set_to_none=True)
                     sg.grad = None

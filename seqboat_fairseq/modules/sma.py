@@ -11,7 +11,8 @@ through ``gate``; ``active``, the indices and the compressed length are discrete
 """
 
 import math
-from typing import NamedTuple, Optional, Tuple
+from contextlib import contextmanager
+from typing import Callable, Iterator, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +35,9 @@ class LatentConfigurator(nn.Module):
             raise ValueError(f"--init-temp-scale must be positive, got {init_temp_scale}")
         self.log_temperature = nn.Parameter(
             torch.tensor([math.log(init_temp_scale * math.sqrt(embed_dim))]))
+        # set by ``forced_activation`` (benchmarks, tests, analyses): maps the router's own
+        # decisions to the ones to use; None = the router decides
+        self.decide: Optional[Callable[[Tensor], Tensor]] = None
 
     def forward(self, logits: Tensor, padding_mask: Optional[Tensor] = None,
                 act_bias: float = 0.0) -> Tuple[Tensor, Tensor]:
@@ -47,10 +51,35 @@ class LatentConfigurator(nn.Module):
         probs = torch.softmax(u / torch.exp(upcast(self.log_temperature)), dim=-1)
         confidence, choice = probs.max(dim=-1)  # first maximum: ties go to skip
         active = choice == 1
+        if self.decide is not None:
+            active = self.decide(active).to(device=active.device, dtype=torch.bool)
         if padding_mask is not None:
             active = active & ~padding_mask
         gate = confidence * active
         return active, gate.to(logits.dtype)
+
+
+@contextmanager
+def forced_activation(module: nn.Module, decide: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Inside the block, every router in ``module`` activates the tokens ``decide`` returns.
+
+    ``decide`` receives the router's own hard decisions ``(..., L)`` bool and returns the ones to
+    use, of the same shape (e.g. ``lambda active: mask`` for a fixed mask, ``torch.ones_like``
+    for all). Padding still wins (pads are never active), and each active token's gate is the
+    router's confidence as usual, so gradients flow exactly as in training::
+
+        with forced_activation(layer, lambda active: mask):
+            y, activation = layer(x)
+    """
+    routers = [m for m in module.modules() if isinstance(m, LatentConfigurator)]
+    previous = [router.decide for router in routers]
+    for router in routers:
+        router.decide = decide
+    try:
+        yield
+    finally:
+        for router, old in zip(routers, previous):
+            router.decide = old
 
 
 class Compression(NamedTuple):
