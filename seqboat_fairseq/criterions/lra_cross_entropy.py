@@ -1,4 +1,4 @@
-"""``--criterion lra_cross_entropy`` (spec 10.4): summed NLL over sentences, accuracy.
+"""``--criterion lra_cross_entropy``: summed NLL over sentences, accuracy.
 
 Logs ``loss`` in bits (per sentence with ``--sentence-avg``, as every LRA recipe uses) and
 ``accuracy`` in percent; select checkpoints with ``--best-checkpoint-metric accuracy

@@ -1,6 +1,6 @@
 """Multi-dimensional damped EMA (MD-EMA), the state-space model of every SeqBoat layer.
 
-Spec: ``shared/design/seqboat-reference.md`` section 3. Per channel ``d`` and EMA
+See docs/design.md, 'MD-EMA' and 'MD-EMA state'. Per channel ``d`` and EMA
 dimension ``n``::
 
     p = sigmoid(delta), a = sigmoid(alpha), phi = 1 - p * a

@@ -1,4 +1,4 @@
-"""Normalised feed-forward network (``nffn`` upstream, spec 8.6).
+"""Normalised feed-forward network (``nffn`` upstream; docs/design.md, 'Normalisation and the FFN').
 
 Built only when the FFN size is > 0. No published SeqBoat recipe uses it (they all pass
 ``--*-ffn-embed-dim -1``), but upstream's architecture defaults do, so the ``slag_*``

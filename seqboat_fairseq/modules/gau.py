@@ -1,4 +1,5 @@
-"""Gated Attention Unit over the compressed (activated-token) sequence. Spec 4.2, 4.4 steps 8-12.
+"""Gated Attention Unit over the compressed (activated-token) sequence.
+See docs/design.md, 'The gated attention unit'.
 
     [z | r | v] = SiLU(in_proj(s))            z: Z, r: H, v: H
     q = z * gamma_0 + beta_0,  k = z * gamma_1 + beta_1   (shared-z queries / keys)
@@ -15,7 +16,7 @@ all three modes of the common decoding contract:
 
 Upstream fuses this into the layer (``mx_proj``, ``h_proj``, ``gamma``, ``beta``,
 ``rel_pos_bias``); ``seqboat_layer.UPSTREAM_KEY_MAP`` renames those checkpoint keys.
-See ``docs/design.md`` for the working-memory state.
+See ``docs/design.md``, 'GAU working memory', for the decoding state.
 """
 
 from typing import Dict, Optional

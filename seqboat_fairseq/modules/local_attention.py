@@ -1,7 +1,8 @@
 """Attention over the compressed sequence: working-memory (sliding window) or unbounded.
 
-Spec sections 4.6 and 7.1. Indices are *slots* of the compressed sequence (ranks among
-activated tokens). Key ``j`` is allowed for query ``i`` iff it is valid and
+See docs/design.md, 'Attention' ('Windows', 'Scaling and activations', 'Masking').
+Indices are *slots* of the compressed sequence (ranks among activated tokens). Key ``j``
+is allowed for query ``i`` iff it is valid and
 
 * causal, window w:        0 <= i - j <= w   (w previous activated tokens + itself)
 * bidirectional, window w: |i - j| <= w      (w each side: the "2 x chunk" working memory)
@@ -11,7 +12,8 @@ Activations: ``softmax`` (scale Z^-1/2; disallowed scores replaced by -5e4 so a 
 masked row is a finite uniform average), ``relu2`` and ``laplace`` (q scaled by 1/w causal,
 1/(2w) bidirectional; by 1/n in full mode, n = i + 1 causal or the valid-key count).
 For relu2 and laplace the weights are multiplied by the mask *after* the activation, so
-laplace(0) != 0 never leaks through padding or out-of-window keys (upstream bug H3).
+laplace(0) != 0 never leaks through padding or out-of-window keys (upstream hazard H3,
+see docs/design.md, 'Masking').
 
 The windowed path is blocked: queries are cut into blocks of ``min(w, C)`` slots, each
 attending to a frame made of the neighbouring key blocks, so memory and compute are

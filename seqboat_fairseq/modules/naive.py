@@ -1,4 +1,6 @@
-"""Slow, obviously-correct references written straight from the spec. Tests only.
+"""Slow, obviously-correct references written straight from the formulas. Tests only.
+
+See docs/design.md, 'Reference implementations'.
 
 Nothing in the model imports this file. Every function loops or materialises dense
 matrices on purpose, and re-derives the math instead of calling the fast code, so a test
@@ -26,7 +28,8 @@ def ema_kernel_direct(ema, length: int) -> Tensor:
 
 
 def ema_direct(ema, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
-    """Direct double sum of spec 3.3 / 3.4 in float64. x: (L, B, D) -> (L, B, D)."""
+    """Direct double sum of the MD-EMA convolution (docs/design.md, 'MD-EMA') in float64.
+    x: (L, B, D) -> (L, B, D)."""
     seq_len, _, dim = x.shape
     kernel_len = seq_len if ema.truncation is None else min(ema.truncation, seq_len)
     k = ema_kernel_direct(ema, kernel_len)
@@ -131,8 +134,9 @@ def rotary_complex(x: Tensor, positions: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- whole layer
 def dense_seqboat_layer(layer, x: Tensor, padding_mask: Optional[Tensor] = None
                         ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Spec 4.4 for one ``SeqBoatLayer`` in eval mode, one batch row at a time, with loops
-    for the selection and dense masked attention. x: (L, B, D).
+    """docs/design.md, 'Data flow of one layer', for one ``SeqBoatLayer`` in eval mode,
+    one batch row at a time, with loops for the selection and dense masked attention.
+    x: (L, B, D).
 
     Returns (y (L, B, D), active (B, L), confidence (B, L))."""
     gau = layer.gau

@@ -1,4 +1,4 @@
-"""Sequence normalisation layers used by SeqBoat (spec section 4.3).
+"""Sequence normalisation layers used by SeqBoat (docs/design.md, 'Normalisation and the FFN').
 
 ``SequenceNorm`` wraps one of layernorm / scalenorm / rmsnorm / batchnorm / syncbatchnorm
 behind a time-major ``(L, B, D)`` interface. The wrapped module is stored as ``.norm`` so

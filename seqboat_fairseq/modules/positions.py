@@ -1,8 +1,8 @@
-"""Position information for the GAU (spec section 4.7): learned relative bias and rotary.
+"""Position information for the GAU (docs/design.md, 'Positions'): learned relative bias and rotary.
 
 Both are functions of *original* token positions carried with the compressed slots, so
 they are computed per (query, key) pair inside the attention window: nothing of size
-L x L is ever materialised (upstream's H9), and rotary extends to any position.
+L x L is ever materialised (upstream hazard H9), and rotary extends to any position.
 """
 
 import torch
@@ -19,7 +19,7 @@ class RelativePositionalBias(nn.Module):
       +-(M - 1) are clamped to the end entries, so any length works.
     * ``local_pos``: ``size = 6w - 1``, ``center = 4w - 1``, offsets measured in slots of the
       compressed sequence; only ``[3w - 1, 5w - 1]`` is ever used, the rest exists for
-      upstream checkpoint compatibility (spec section 4.7c).
+      upstream checkpoint compatibility (upstream hazard H21; docs/design.md, 'Positions').
     """
 
     def __init__(self, size: int, center: int):

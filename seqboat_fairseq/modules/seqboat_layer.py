@@ -1,4 +1,4 @@
-"""One SeqBoat layer (upstream ``SeqBoatUnit``), spec section 4.
+"""One SeqBoat layer (upstream ``SeqBoatUnit``); docs/design.md, 'Data flow of one layer'.
 
     x ─ [prenorm] ─ MD-EMA ─ SiLU ─ dropout ─ s                        (L, B, D)
     [u | hx] = hx_proj(s)                       router logits u (2), always-on path hx (D)
@@ -10,12 +10,13 @@
 
 Variants, all options of this one layer:
   * SeqBoat       ``window=w > 0``: local attention over a working memory of w activated tokens.
-  * SeqBoat-full  ``window <= 0``: unbounded attention over the compressed sequence.
+  * SeqBoat-full  ``window=None`` (or < 0): unbounded attention over the compressed sequence.
   * always-active ``always_active=True``: no router, every token runs the GAU (MEGA-style).
 
 The layer *always* compresses, so a sequence's output never depends on its batch mates
-(upstream skips compression when any row is fully active, which changes the window of
-every other row: spec H1).
+(upstream skips compression when any row is fully active, or >= 90 % active in SeqBoat-full,
+which changes the window of every other row: upstream hazard H1, see docs/design.md,
+'Compression').
 """
 
 from typing import Any, Dict, NamedTuple, Optional, Tuple
@@ -51,16 +52,17 @@ class SeqBoatLayer(nn.Module):
     """A SeqBoat layer on time-major ``(L, B, D)`` inputs. See the module docstring.
 
     One pipeline (``_pipeline``) runs in the three modes of the decoding contract that every
-    sub-module implements (``docs/design.md``): the parallel ``forward``, ``step`` (one new
-    token) and ``forward_chunk`` (several, e.g. a prompt). The decoding state (causal layers)
-    lives in fairseq's ``incremental_state`` under this module's ``seqboat_state`` key::
+    sub-module implements (``docs/design.md``, 'Decoding state'): the parallel ``forward``,
+    ``step`` (one new token) and ``forward_chunk`` (several, e.g. a prompt). The decoding state
+    (causal layers) lives in fairseq's ``incremental_state`` under this module's
+    ``seqboat_state`` key::
 
         {"ema": MultiHeadEMA state, "gau": the GAU's working memory,
          "position": (B,) tokens consumed (on the device), "length": the same count as a Python int}
 
     Each sub-module owns its part and updates it in place. Its size is constant for SeqBoat
-    (``w`` memory slots, the EMA's truncation ring); SeqBoat-full's memory grows with the
-    number of activated tokens.
+    (``w + 1`` memory slots, the EMA's truncation ring); SeqBoat-full's memory grows with the
+    context (docs/design.md, 'GAU working memory').
     """
 
     def __init__(

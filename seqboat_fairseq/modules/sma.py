@@ -1,13 +1,14 @@
 """Sparse Modular Activation: the latent configurator and the compress / extract operators.
 
-Spec sections 5 and 6. The configurator turns two router logits per token into a hard
-decision ``active`` (run the GAU or skip it) and a confidence ``gate``; the GAU then runs
-only on the compressed sequence of active tokens, and its outputs are scattered back.
+See docs/design.md, 'Routing' and 'Compression'. The configurator turns two router
+logits per token into a hard decision ``active`` (run the GAU or skip it) and a
+confidence ``gate``; the GAU then runs only on the compressed sequence of active tokens,
+and its outputs are scattered back.
 
 Compression is gather-based: a stable sort puts each row's active positions first, in
 order, so no index is ever written twice (upstream scatters every skipped token into a
-shared dump slot, which is non-deterministic; spec H13). Gradients reach the router only
-through ``gate``; ``active``, the indices and the compressed length are discrete.
+shared dump slot, which is non-deterministic: upstream hazard H13). Gradients reach the
+router only through ``gate``; ``active``, the indices and the compressed length are discrete.
 """
 
 import math
