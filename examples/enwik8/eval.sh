@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's enwik8 evaluation (spec section 11.1): test bits per character with 7000 tokens
+# The paper's enwik8 evaluation: test bits per character with 7000 tokens
 # of context for every scored token, 1192 new tokens per 8192-token forward pass.
 #   bash examples/enwik8/eval.sh DATA_BIN CHECKPOINT
 # Upstream's README expects ~1.0233 ("Loss (base 2)" is bits per character for bytes).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's enwik8 recipe (spec section 9.1): ~39M-parameter SeqBoat, 8192-token samples,
+# The paper's enwik8 recipe: ~39M-parameter SeqBoat, 8192-token samples,
 # 400k updates of 8 sequences (the paper used 8 x 40GB A100: one sequence per GPU).
 #   bash examples/enwik8/train.sh DATA_BIN SAVE_DIR [extra fairseq-train flags]
 # Prepare DATA_BIN with: python data_prep/enwik8.py --enwik8 enwik8.zip --destdir DATA_BIN

@@ -1,5 +1,5 @@
-# Flags shared by every LRA recipe (spec section 9.2), sourced by the <task>.sh scripts.
-# Upstream fixes (spec H20): a non-negative seed (upstream's seed=-1 is rejected by numpy),
+# Flags shared by every LRA recipe, sourced by the <task>.sh scripts.
+# Upstream fixes (upstream hazard H20, docs/design.md): a non-negative seed (upstream's seed=-1 is rejected by numpy),
 # the working memory w is set explicitly (CHUNK; the README left it open), Path-X uses the
 # experiment script's 4 layers with w = 256 consistently.
 # --required-batch-size-multiple 1 for every task: with fairseq's default of 8 a split smaller than

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Test accuracy of a trained LRA model (upstream: fairseq validate.py on the test split).
 #   bash examples/lra/test.sh lra-text|lra-image DATA_DIR CHECKPOINT
-# Every layer compresses per row, so the result does not depend on the batch size (spec H1);
+# Every layer compresses per row, so the result does not depend on the batch size (upstream hazard H1, docs/design.md);
 # --required-batch-size-multiple 1 makes fairseq evaluate every example: with its default of 8 it
 # silently drops the last (n mod 8) examples of the split (and yields nothing below 8 examples).
 set -euo pipefail
