@@ -237,7 +237,8 @@ def remove_stale_temporaries(parent, prog):
         return []
     removed, unknown = [], []
     for name in sorted(names):
-        if not name.startswith((".tmp-enwik8-", ".tmp-lra-", ".old-enwik8-", ".old-lra-")):
+        if not name.startswith(tuple(f".{kind}-{prep}-" for kind in ("tmp", "old")
+                                     for prep in ("enwik8", "lra", "speech_commands"))):
             continue
         path = os.path.join(parent, name)
         if os.path.islink(path) or not os.path.isdir(path):

@@ -48,9 +48,12 @@ Output layout (``--destdir DEST``):
   label token per line (fairseq orders ``dict.txt`` by frequency).  ListOps and IMDB let
   fairseq-preprocess build ``src-bin/dict.txt`` from train.  ``--keep-text`` keeps the token text
   in ``DEST/raw/{src,src1,label}/{split}.txt``.
-* image tasks (no binarisation): ``DEST/input/{train,valid,test}.src``, one image per line as
-  space-separated pixel values 0-255 in row-major order, and ``DEST/label/{split}.label``, one
-  integer per line.
+* image tasks: ``DEST/input/{train,valid,test}.npy``, NumPy ``uint8`` arrays of shape (N, pixels),
+  one grayscale image per row in row-major order, and ``DEST/label/{split}.npy``, ``int64`` arrays
+  of shape (N,).  The task memory-maps them (``np.load(mmap_mode="r")``): nothing is parsed at
+  start-up and all DDP ranks share one copy in the page cache.  (Earlier versions wrote
+  ``input/{split}.src``, one image per line as decimal text, and ``label/{split}.label``; the task
+  still reads those, with a warning.  ``python bench/data_formats.py`` compares the two.)
 
 The output appears atomically: everything is built in a temporary directory next to DEST and
 renamed into place only once complete; it is removed on any failure or interruption.  ``--force``
@@ -87,6 +90,7 @@ import zlib
 from collections import Counter
 
 import numpy as np
+from tqdm import tqdm
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if __name__ == "__main__":  # run as a script: make the data_prep package importable
@@ -257,7 +261,8 @@ def byte_tokens(data):
 
 
 def pixel_line(pixels):
-    """Space-separated decimal values of a flat uint8 array (an image row-major)."""
+    """Space-separated decimal values of a flat uint8 array (an image row-major): one line of the
+    earlier image text format (``input/{split}.src``), kept for ``bench/data_formats.py``."""
     return byte_tokens(np.ascontiguousarray(pixels, dtype=np.uint8).reshape(-1))
 
 
@@ -636,19 +641,33 @@ def warn_unknown_listops_tokens(stats):
                    f"to <unk>, e.g. {_examples(held_out, unseen)}")
 
 
-def write_image_split(outdir, split, images, labels):
-    """Write ``input/{split}.src`` (one image per line) and ``label/{split}.label``; returns SplitStats."""
+def write_image_split(outdir, split, images, labels, count, pixels_per_image, progress=None):
+    """Write ``input/{split}.npy`` (uint8, ``(count, pixels_per_image)``, one image per row, written
+    row by row through a memory map: the split is never held in memory) and ``label/{split}.npy``
+    (int64, ``(count,)``); returns SplitStats. ``progress``: a tqdm bar advanced per image."""
     stats = SplitStats(1)
-    with open(os.path.join(outdir, "input", f"{split}.src"), "w", encoding="ascii", newline="\n") as src, \
-            open(os.path.join(outdir, "label", f"{split}.label"), "w", encoding="ascii", newline="\n") as lab:
-        for pixels, label in zip(images, labels):
-            src.write(pixel_line(pixels))
-            src.write("\n")
-            lab.write(f"{int(label)}\n")
-            stats.count += 1
+    path = os.path.join(outdir, "input", f"{split}.npy")
+    rows = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, pixels_per_image))
+    targets = np.empty(count, dtype=np.int64)
+    try:
+        for index, (pixels, label) in enumerate(zip(images, labels)):
+            if index >= count or pixels.size != pixels_per_image:
+                raise ValueError(f"{split}: image {index} of {count} has {pixels.size} pixels, "
+                                 f"expected {pixels_per_image}")  # a bug of the caller, not of the input
+            rows[index] = pixels.reshape(-1)
+            targets[index] = int(label)
             stats.labels[int(label)] += 1
-            stats.max_length[0] = max(stats.max_length[0], pixels.size)
-            stats.total_length[0] += pixels.size
+            stats.count += 1
+            if progress is not None:
+                progress.update()
+        if stats.count != count:
+            raise ValueError(f"{split}: {stats.count} images written, expected {count}")
+        rows.flush()
+    finally:
+        del rows  # unmap before the directory is renamed or removed
+    np.save(os.path.join(outdir, "label", f"{split}.npy"), targets)
+    stats.max_length[0] = pixels_per_image
+    stats.total_length[0] = pixels_per_image * count
     return stats
 
 
@@ -759,7 +778,7 @@ def build_cifar10(args, outdir):
     for split, gray, labels in (("train", train_gray[train_idx], train_labels[train_idx]),
                                 ("valid", train_gray[valid_idx], train_labels[valid_idx]),
                                 ("test", test_gray, test_labels)):
-        stats[split] = write_image_split(outdir, split, gray, labels)
+        stats[split] = write_image_split(outdir, split, gray, labels, len(gray), CIFAR_PIXELS)
     return stats
 
 
@@ -777,10 +796,12 @@ def build_pathfinder(args, outdir):
     pieces = random_split_indices(len(samples), list(sizes), args.seed)
     _make_image_dirs(outdir)
     stats = {}
-    for split, indices in zip(SPLITS, pieces):
-        chosen = [samples[i] for i in indices]
-        images = (read_gray_image(path, args.resolution, where) for path, _, where in chosen)
-        stats[split] = write_image_split(outdir, split, images, [label for _, label, _ in chosen])
+    with tqdm(total=len(samples), unit="img", desc=f"{PROG} reading images", disable=None, leave=False) as progress:
+        for split, indices in zip(SPLITS, pieces):
+            chosen = [samples[i] for i in indices]
+            images = (read_gray_image(path, args.resolution, where) for path, _, where in chosen)
+            stats[split] = write_image_split(outdir, split, images, [label for _, label, _ in chosen], len(chosen),
+                                             args.resolution ** 2, progress)
     return stats
 
 

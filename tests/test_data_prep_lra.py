@@ -76,6 +76,15 @@ def read_bin(bin_dir, split):
     return lines
 
 
+def read_images(dest, split):
+    """``(pixels, labels)`` of an image split as the task maps them: uint8 (N, L), int64 (N,)."""
+    pixels = np.load(dest / "input" / f"{split}.npy", mmap_mode="r", allow_pickle=False)
+    labels = np.load(dest / "label" / f"{split}.npy", mmap_mode="r", allow_pickle=False)
+    assert pixels.dtype == np.uint8 and pixels.ndim == 2, (pixels.dtype, pixels.shape)
+    assert labels.dtype == np.int64 and labels.shape == (len(pixels),), (labels.dtype, labels.shape)
+    return np.array(pixels), labels.tolist()
+
+
 def read_lines(path):
     with open(path, encoding="ascii") as f:
         return f.read().split("\n")[:-1]
@@ -315,10 +324,12 @@ def test_cifar10_output(tmp_path, capsys, protocol):
         "test": (gray_test, test_labels),
     }
     for split, (images, labels) in expected.items():
-        lines = read_lines(dest / "input" / f"{split}.src")
-        assert lines == [" ".join(map(str, img.tolist())) for img in images], split
-        assert read_lines(dest / "label" / f"{split}.label") == [str(label) for label in labels], split
+        pixels, written_labels = read_images(dest, split)
+        assert np.array_equal(pixels, np.stack(images)), split
+        assert written_labels == labels, split
     assert sorted(os.listdir(dest)) == [common.MARKER, "input", "label"]
+    assert sorted(os.listdir(dest / "input")) == sorted(os.listdir(dest / "label")) == [f"{s}.npy" for s in
+                                                                                         sorted(SPLITS)]
     assert leftovers(tmp_path / "out") == []
 
 
@@ -327,16 +338,16 @@ def test_cifar10_cli_deterministic_and_force(tmp_path, capsys):
     dest = tmp_path / "out"
     result = run_script("cifar10", "--input-dir", tmp_path / "in" / "cifar-10-batches-py", "--destdir", dest)
     assert result.returncode == 0, result.stderr
-    first = (dest / "input" / "train.src").read_bytes()
-    assert len(first.splitlines()) == 27 and len((dest / "input" / "valid.src").read_bytes().splitlines()) == 3
+    first = (dest / "input" / "train.npy").read_bytes()
+    assert len(read_images(dest, "train")[0]) == 27 and len(read_images(dest, "valid")[0]) == 3
 
     argv = ["cifar10", "--input-dir", str(tmp_path / "in"), "--destdir", str(dest)]
     assert_main_error(capsys, argv, dest, "already exists", "--force")
     assert lra.main(argv + ["--force"]) == 0
-    assert (dest / "input" / "train.src").read_bytes() == first  # same seed, same split
+    assert (dest / "input" / "train.npy").read_bytes() == first  # same seed, same split
     assert lra.main(["cifar10", "--input-dir", str(tmp_path / "in"), "--destdir", str(tmp_path / "other"),
                      "--seed", "1"]) == 0
-    assert (tmp_path / "other" / "input" / "train.src").read_bytes() != first
+    assert (tmp_path / "other" / "input" / "train.npy").read_bytes() != first
     assert leftovers(tmp_path) == []
 
 
@@ -397,11 +408,11 @@ def test_pathfinder_output(tmp_path, capsys, resolution):
     assert f"{resolution * resolution:,} pixels each" in capsys.readouterr().out
     pieces = torch_random_split(n, [n - 2 * (n // 10), n // 10, n // 10])
     for split, indices in zip(SPLITS, pieces):
-        lines = read_lines(dest / "input" / f"{split}.src")
-        expected = [np.asarray(Image.open(samples[i][0]).convert("L")).reshape(-1).tolist() for i in indices]
-        assert [list(map(int, line.split(" "))) for line in lines] == expected, split
-        assert all(len(line.split(" ")) == resolution * resolution for line in lines)
-        assert read_lines(dest / "label" / f"{split}.label") == [str(samples[i][1]) for i in indices]
+        pixels, labels = read_images(dest, split)
+        expected = [np.asarray(Image.open(samples[i][0]).convert("L")).reshape(-1) for i in indices]
+        assert pixels.shape == (len(indices), resolution * resolution), split
+        assert np.array_equal(pixels, np.stack(expected)), split
+        assert labels == [samples[i][1] for i in indices]
     assert [len(p) for p in pieces] == [16, 2, 2]
 
 
@@ -480,6 +491,125 @@ def test_interrupt_leaves_nothing(tmp_path, monkeypatch, capsys):
                      "--destdir", str(parent / "pf")])
     assert code == 130 and "interrupted" in capsys.readouterr().err
     assert os.listdir(parent) == []
+
+
+# --------------------------------------------------------------------------- the lra-image task reads the prep's output
+
+
+def image_task(data, max_positions=1024):
+    from seqboat_fairseq.tasks.lra import LRAImageConfig, LRAImageTask
+
+    cfg = LRAImageConfig(data=str(data), max_positions=max_positions, seed=1)
+    return LRAImageTask.setup_task(cfg)
+
+
+def test_image_task_memory_maps_the_prep_output(tmp_path):
+    from seqboat_fairseq.tasks.lra import MemmapArray
+
+    _, samples = make_pathfinder(tmp_path / "release", 32)
+    dest = tmp_path / "pf"
+    assert lra.main(["pathfinder", "--input-dir", str(tmp_path / "release"), "--resolution", "32",
+                     "--destdir", str(dest)]) == 0
+    task = image_task(dest)
+    pieces = torch_random_split(len(samples), [16, 2, 2])
+    for split, indices in zip(SPLITS, pieces):
+        task.load_dataset(split)
+        dataset = task.datasets[split]
+        assert isinstance(dataset.sources, MemmapArray) and isinstance(dataset.sources.array, np.memmap)
+        assert len(dataset) == len(indices) and dataset.sizes.tolist() == [1024] * len(indices)
+        for k, i in enumerate(indices):
+            pixels = np.asarray(Image.open(samples[i][0]).convert("L"), dtype=np.float32).reshape(-1)
+            item = dataset[k]
+            assert torch.equal(item["source"], torch.from_numpy((pixels / 255.0 - 0.5) / 0.5)), (split, k)
+            assert item["target"] == samples[i][1]
+    # a spawned data-loader worker gets the path, not the pixels, and maps the file itself
+    train = task.datasets["train"]
+    blob = pickle.dumps(train)
+    assert train.sources.array.nbytes == 16 * 1024 and len(blob) < 4 * 1024, len(blob)
+    copy = pickle.loads(blob)
+    assert torch.equal(copy[3]["source"], train[3]["source"]) and isinstance(copy.sources.array, np.memmap)
+    batch = train.collater([train[i] for i in range(4)])
+    assert batch["net_input"]["src_tokens"].shape == (4, 1024) and batch["target"].dtype == torch.int64
+    # under fairseq-hydra-train the task's max_positions stays unset (the model's preset has it): no truncation
+    unset = image_task(dest, max_positions=None)
+    unset.load_dataset("valid")
+    assert unset.datasets["valid"].sizes.tolist() == [1024, 1024] and unset.datasets["valid"][1]["source"].shape == \
+        (1024,)
+
+
+def test_image_task_reads_the_earlier_text_layout_with_a_warning(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (5, 64), dtype=np.uint8), [1, 0, 1, 1, 0]
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder in (old, new):
+        (folder / "input").mkdir(parents=True)
+        (folder / "label").mkdir()
+    (old / "input" / "valid.src").write_text("".join(lra.pixel_line(img) + "\n" for img in images))
+    (old / "label" / "valid.label").write_text("".join(f"{y}\n" for y in labels))
+    np.save(new / "input" / "valid.npy", images)
+    np.save(new / "label" / "valid.npy", np.array(labels, dtype=np.int64))
+    loaded = {}
+    for name, folder in (("old", old), ("new", new)):
+        caplog.clear()
+        task = image_task(folder)
+        with caplog.at_level("WARNING"):
+            task.load_dataset("valid")
+        loaded[name] = task.datasets["valid"]
+        warned = [r.getMessage() for r in caplog.records if "earlier text format" in r.getMessage()]
+        if name == "old":
+            assert len(warned) == 1 and str(old / "input" / "valid.src") in warned[0], caplog.text
+            assert "re-run data_prep/lra.py" in warned[0]
+        else:
+            assert warned == [], caplog.text
+    for i in range(5):
+        assert torch.equal(loaded["old"][i]["source"], loaded["new"][i]["source"])
+        assert loaded["old"][i]["target"] == loaded["new"][i]["target"] == labels[i]
+
+
+def test_image_task_errors_name_the_file_and_what_was_expected(tmp_path):
+    data = tmp_path / "data"
+    (data / "input").mkdir(parents=True)
+    (data / "label").mkdir()
+    pixels, labels = data / "input" / "train.npy", data / "label" / "train.npy"
+    task = image_task(data)
+
+    with pytest.raises(FileNotFoundError, match=r"split 'train' not found: .*input/train.npy .*data_prep/lra.py"):
+        task.load_dataset("train")
+    np.save(pixels, np.zeros((3, 16), dtype=np.uint8))
+    with pytest.raises(FileNotFoundError, match=r"label/train.npy: no such file \(expected class labels: a NumPy "
+                                                r".npy file of int64"):
+        task.load_dataset("train")
+    np.save(labels, np.array([0, 1], dtype=np.int64))
+    with pytest.raises(ValueError, match=r"label/train.npy: 2 labels for the 3 inputs of .*input/train.npy"):
+        task.load_dataset("train")
+    np.save(labels, np.array([0, -1, 1], dtype=np.int64))
+    with pytest.raises(ValueError, match=r"label/train.npy: label -1 of example 1; expected class ids non-negative"):
+        task.load_dataset("train")
+    np.save(labels, np.array([0, 1, 1], dtype=np.int32))
+    with pytest.raises(ValueError, match=r"label/train.npy: holds int32 of shape \(3,\); expected class labels: "
+                                         r"a NumPy .npy file of int64"):
+        task.load_dataset("train")
+    np.save(labels, np.array([0, 1, 1], dtype=np.int64))
+    task.load_dataset("train")  # now complete
+
+    np.save(pixels, np.zeros((3, 16), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"input/train.npy: holds float32 of shape \(3, 16\); expected images, one "
+                                         r"row of pixels 0..255 each: a NumPy .npy file of uint8 with 2 dimensions"):
+        task.load_dataset("train")
+    np.save(pixels, np.zeros((3, 16), dtype=np.uint8))
+    raw = pixels.read_bytes()
+    pixels.write_bytes(raw[: len(raw) - 20])  # a copy that was cut short
+    with pytest.raises(ValueError, match=r"input/train.npy: cannot be memory-mapped \(.*\); expected images.* re-run"):
+        task.load_dataset("train")
+    pixels.write_bytes(b"1 2 3\n")  # text where the binary should be
+    with pytest.raises(ValueError, match=r"input/train.npy: cannot be memory-mapped"):
+        task.load_dataset("train")
+    np.save(pixels, np.array([None, 1], dtype=object))
+    with pytest.raises(ValueError, match=r"input/train.npy: cannot be memory-mapped"):
+        task.load_dataset("train")
+    np.save(pixels, np.zeros((0, 16), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"input/train.npy: holds no rows"):
+        task.load_dataset("train")
 
 
 # --------------------------------------------------------------------------- text tasks: token text (fast)
@@ -723,3 +853,29 @@ def test_every_recipe_passes_required_batch_size_multiple_1(tmp_path):
         if not positions or any(argv[i + 1] != "1" for i in positions):
             lacking.append(recipe)
     assert lacking == [], f"recipes without --required-batch-size-multiple 1: {lacking}"
+
+
+# --------------------------------------------------------------------------- bench/data_formats.py
+
+
+def test_data_formats_bench_reports_both_formats_and_refuses_too_few_examples(tmp_path):
+    import json
+
+    script = os.path.join(REPO_ROOT, "bench", "data_formats.py")
+    result = subprocess.run([sys.executable, script, "--images", "40", "--pixels", "256", "--read", "8",
+                             "--repeats", "1", "--target-images", "400", "--workdir", str(tmp_path / "w")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line[len("BENCH "):]) for line in result.stdout.splitlines() if line.startswith("BENCH ")]
+    by = {r.get("format", r["bench"]): r for r in rows}
+    assert sorted(by) == ["data_formats_ratio", "npy", "text"], result.stdout
+    text, npy = by["text"], by["npy"]
+    assert npy["size_bytes"] == 40 * 256 + 40 * 8 + 2 * 128  # pixels, labels, two 128-byte .npy headers
+    assert text["size_bytes"] > 3 * npy["size_bytes"] and text["checksum"] == npy["checksum"]
+    assert text["size_gb_target"] == pytest.approx(text["size_bytes"] * 10 / 1024 ** 3, abs=0.006)  # 400 / 40
+    assert text["load_target_scaled"] and not npy["load_target_scaled"] and npy["load_s_target"] == npy["load_s"]
+    assert "extrapolated linearly to 400 images" in result.stdout and not os.path.exists(tmp_path / "w")
+    refused = subprocess.run([sys.executable, script, "--images", "5", "--read", "6"], capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 2 and "--read 6 exceeds --images 5" in refused.stderr
+    assert "BENCH" not in refused.stdout

@@ -7,8 +7,16 @@ Data layouts (written by ``data_prep/lra.py``):
   (the second document, same dictionary), and ``label-bin/dict.txt`` +
   ``label-bin/{split}.*`` (one label symbol per line; the class id is its index in
   ``label-bin/dict.txt``). A ``<CLS>`` symbol is always appended to the dictionary.
-* ``lra-image``: ``input/{split}.src`` (one image per line, space-separated integers 0..255)
-  and ``label/{split}.label`` (one integer per line). Pixels become ``(p / 255 - mean) / std``.
+* ``lra-image``: ``input/{split}.npy`` (``uint8``, shape ``(N, L)``, one image per row) and
+  ``label/{split}.npy`` (``int64``, shape ``(N,)``), memory-mapped (``np.load(mmap_mode="r")``):
+  opening a split reads only the ``.npy`` headers, every DDP rank (and data-loader worker) shares the
+  operating system's page cache of the same files, and an image is read when it is used. Pixels
+  become ``(p / 255 - mean) / std``.
+
+  The earlier text layout, ``input/{split}.src`` (one image per line, space-separated integers
+  0..255) and ``label/{split}.label`` (one integer per line), is still read, with a warning: it is
+  parsed in full at every start by every rank (Path-X: ~9 GB of text, minutes per rank).
+  Re-running ``data_prep/lra.py`` writes the ``.npy`` layout.
 """
 
 import logging
@@ -52,22 +60,24 @@ class LRAImageConfig(LRATextConfig):
 
 class LRAClassificationDataset(FairseqDataset):
     """Samples ``{id, source, [source1], target}`` read lazily from ``sources`` (an indexed token
-    dataset, or a ``(N, L)`` uint8 pixel array). Tokens are truncated to ``max_len`` (after an
-    optional prepended ``<CLS>``); pixels become ``(p / 255 - mean) / std``. The collater
-    right-pads token sequences and stacks pixel sequences (equal length, no padding)."""
+    dataset, or a ``(N, L)`` integer array of real-valued samples: pixels, waveforms). Tokens are
+    truncated to ``max_len`` (after an optional prepended ``<CLS>``; ``None``: no truncation);
+    samples become ``(v / value_scale - mean) / std`` (pixels: ``value_scale`` 255). The collater
+    right-pads token sequences and stacks sample sequences (equal length, no padding)."""
 
-    def __init__(self, sources, targets: np.ndarray, max_len: int, pad_idx: Optional[int] = None,
+    def __init__(self, sources, targets: np.ndarray, max_len: Optional[int], pad_idx: Optional[int] = None,
                  sources1=None, prepend: Optional[int] = None, pixel_normalization=None,
-                 shuffle: bool = True, seed: int = 1):
+                 shuffle: bool = True, seed: int = 1, value_scale: float = 255.0):
         self.sources, self.sources1, self.targets = sources, sources1, targets
         self.max_len, self.pad_idx, self.prepend = max_len, pad_idx, prepend
         self.pixel_normalization = pixel_normalization
+        self.value_scale = value_scale
         self.shuffle, self.seed, self.epoch = shuffle, seed, 1
         extra = 1 if prepend is not None else 0
         sizes = np.full(len(sources), sources.shape[1]) if pixel_normalization else np.asarray(sources.sizes) + extra
         if sources1 is not None:
             sizes = np.maximum(sizes, np.asarray(sources1.sizes) + extra)
-        self.sizes = np.minimum(sizes, max_len).astype(np.int64)
+        self.sizes = (sizes if max_len is None else np.minimum(sizes, max_len)).astype(np.int64)
 
     def __len__(self):
         return len(self.targets)
@@ -75,7 +85,8 @@ class LRAClassificationDataset(FairseqDataset):
     def _read(self, sources, index) -> torch.Tensor:
         if self.pixel_normalization is not None:
             mean, std = self.pixel_normalization
-            return torch.from_numpy((sources[index, : self.max_len].astype(np.float32) / 255.0 - mean) / std)
+            values = np.asarray(sources[index, : self.max_len], dtype=np.float32)
+            return torch.from_numpy((values / np.float32(self.value_scale) - np.float32(mean)) / np.float32(std))
         tokens = sources[index]
         if self.prepend is not None:
             tokens = torch.cat([tokens.new_tensor([self.prepend]), tokens])
@@ -223,12 +234,7 @@ class LRAImageTask(LRATextTask):
 
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
         mean, std = self.cfg.pixel_normalization
-        pixels = read_pixel_file(_require(os.path.join(self.cfg.data, "input", f"{split}.src"), f"split {split!r}"))
-        label_path = _require(os.path.join(self.cfg.data, "label", f"{split}.label"), f"labels of {split!r}")
-        with open(label_path) as f:
-            targets = np.array([int(line) for line in f if line.strip()], dtype=np.int64)
-        if len(targets) != len(pixels):
-            raise ValueError(f"LRA data: {label_path} has {len(targets)} labels for {len(pixels)} images")
+        pixels, targets = load_image_split(self.cfg.data, split)
         self.datasets[split] = LRAClassificationDataset(
             pixels, targets, self.cfg.max_positions, pixel_normalization=(mean, std),
             shuffle=not self.cfg.no_shuffle and split == "train", seed=self.cfg.seed)
@@ -243,11 +249,105 @@ class LRAImageTask(LRATextTask):
         return None
 
 
+# --------------------------------------------------------------------------- memory-mapped arrays
+
+
+class MemmapArray:
+    """A ``.npy`` file opened with ``np.load(path, mmap_mode="r")``: rows are read when indexed.
+
+    Pickling (spawned data-loader workers, DDP processes) sends the path, not the data; each process
+    maps the file again, so all of them share the operating system's page cache of it."""
+
+    def __init__(self, path: str, array: np.ndarray):
+        self.path, self._array = path, array
+        self.shape, self.dtype = array.shape, array.dtype
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        return self._array
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        return self.array[index]
+
+    def __getstate__(self):
+        return dict(self.__dict__, _array=None)
+
+
+def open_npy(path: str, dtype, ndim: int, what: str, prep: str) -> MemmapArray:
+    """Memory-map the ``.npy`` file ``path`` (``dtype``, ``ndim`` dimensions, at least one row);
+    ``ValueError`` naming the file and what was expected otherwise (``prep``: the script that writes it)."""
+    expected = f"{what}: a NumPy .npy file of {np.dtype(dtype).name} with {ndim} dimension{'s' if ndim > 1 else ''}"
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file (expected {expected}; prepare it with {prep})") from None
+    except (ValueError, OSError, EOFError) as exc:  # truncated, not a .npy, an object array, ...
+        raise ValueError(f"{path}: cannot be memory-mapped ({exc}); expected {expected}, as {prep} "
+                         "writes it: re-run it") from None
+    if not isinstance(array, np.ndarray) or array.dtype != np.dtype(dtype) or array.ndim != ndim:
+        got = f"{array.dtype} of shape {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__
+        raise ValueError(f"{path}: holds {got}; expected {expected} (re-run {prep})")
+    if array.shape[0] == 0:
+        raise ValueError(f"{path}: holds no rows; expected {expected}")
+    return MemmapArray(path, array)
+
+
+def load_labels(path: str, count: int, inputs_path: str, prep: str, num_classes: Optional[int] = None) -> np.ndarray:
+    """The ``int64`` labels of ``path`` (read into memory: 8 bytes per example), checked against
+    the ``count`` inputs of ``inputs_path`` and the class range."""
+    labels = np.array(open_npy(path, np.int64, 1, "class labels", prep).array)
+    if len(labels) != count:
+        raise ValueError(f"{path}: {len(labels):,} labels for the {count:,} inputs of {inputs_path}; "
+                         f"expected one label per input (re-run {prep})")
+    bad = labels < 0
+    if num_classes is not None:
+        bad |= labels >= num_classes
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        expected = f"0..{num_classes - 1}" if num_classes is not None else "non-negative"
+        raise ValueError(f"{path}: label {labels[first]} of example {first}; expected class ids {expected}")
+    return labels
+
+
+def load_image_split(data: str, split: str):
+    """``(pixels (N, L) uint8 array-like, targets (N,) int64)`` of one lra-image split: the
+    memory-mapped ``.npy`` layout, or else the earlier text layout (with a warning)."""
+    prep = "data_prep/lra.py"
+    npy = os.path.join(data, "input", f"{split}.npy")
+    text = os.path.join(data, "input", f"{split}.src")
+    if os.path.exists(npy):
+        pixels = open_npy(npy, np.uint8, 2, "images, one row of pixels 0..255 each", prep)
+        return pixels, load_labels(os.path.join(data, "label", f"{split}.npy"), len(pixels), npy, prep)
+    if not os.path.exists(text):
+        raise FileNotFoundError(f"LRA data: split {split!r} not found: {npy} (prepare it with {prep})")
+    logger.warning(f"{text}: images in the earlier text format, parsed in full at every start by every "
+                   f"process (Path-X: minutes); re-run {prep} to write the memory-mapped input/{split}.npy "
+                   "(read as it is used, shared by all processes)")
+    pixels = read_pixel_file(text)
+    label_path = _require(os.path.join(data, "label", f"{split}.label"), f"labels of {split!r}")
+    with open(label_path) as f:
+        targets = np.array([int(line) for line in f if line.strip()], dtype=np.int64)
+    if len(targets) != len(pixels):
+        raise ValueError(f"LRA data: {label_path} has {len(targets)} labels for {len(pixels)} images")
+    return pixels, targets
+
+
 def read_pixel_file(path: str) -> np.ndarray:
-    """``(N, L)`` uint8 from one-image-per-line text; every line must have the same length."""
+    """``(N, L)`` uint8 from one-image-per-line text (the earlier layout); every line must have the
+    same length. Shows progress (tqdm, on a terminal) for files above 64 MB."""
+    from tqdm import tqdm
+
     rows = []
-    with open(path) as f:
+    size = os.path.getsize(path)
+    with open(path) as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"parsing {os.path.basename(path)}",
+                               disable=None if size > 64 * 2 ** 20 else True, leave=False) as progress:
         for number, line in enumerate(f, start=1):
+            progress.update(len(line))
             try:
                 row = np.array(line.split(), dtype=np.int64)
             except ValueError:
