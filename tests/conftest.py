@@ -113,3 +113,134 @@ def train_tiny_lm(data, save_dir, *extra, updates=2):
                "--disable-validation", "--no-epoch-checkpoints", "--save-dir", save_dir, "--cpu",
                "--num-workers", "0", "--log-format", "simple", *extra)
     return os.path.join(str(save_dir), "checkpoint_last.pt")
+
+
+# --------------------------------------------------------------------------- layers where every branch matters
+# Equivalence tests (fast layer vs the dense reference, step vs parallel, batch invariance, ...)
+# prove something only at weights where each branch moves the checked numbers far more than the
+# tolerance: at the default initialisation (q/k gamma std 0.02) the GAU contributes ~1e-5 to a
+# layer's output, so a dropped GAU passed every test (issue 12). ``make_layer`` builds a layer
+# at such weights; ``assert_branches_matter`` asserts, inside a test, that it is so.
+LAYER_DIMS = (16, 8, 12, 4)  # D, Z, H, N
+
+
+def strong_weights_(layer, seed=0):
+    """Re-draws, in place, the weights of one ``SeqBoatLayer`` so that every branch matters.
+    At D=16, H=12 (projection stds scale with 1/sqrt(fan-in) for other sizes): q/k gamma N(0, 0.6^2),
+    beta N(0, 0.3^2); ``gau.in_proj`` N(0, 0.4^2); ``gau.out_proj`` N(0, 0.3^2);
+    relative-position table N(0, 0.6^2); router rows of ``hx_proj`` N(0, 1) (about half of the
+    tokens active, gates not saturated), its always-on rows N(0, 0.2^2); norm gains
+    1 + N(0, 0.2^2), norm biases N(0, 0.1^2). The MD-EMA keeps its initialisation.
+    Drawn from a private generator (``seed``): independent of the global RNG and test order."""
+    g = torch.Generator().manual_seed(seed)
+
+    def normal_(p, std, mean=0.0):
+        p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * std + mean)
+
+    gau = layer.gau
+    d, h = layer.hx_proj.in_features, gau.out_proj.in_features
+    per_d, per_h = (16 / d) ** 0.5, (12 / h) ** 0.5
+    with torch.no_grad():
+        normal_(gau.qk_gamma, 0.6)
+        normal_(gau.qk_beta, 0.3)
+        normal_(gau.in_proj.weight, 0.4 * per_d)
+        normal_(gau.in_proj.bias, 0.1)
+        normal_(gau.out_proj.weight, 0.3 * per_h)
+        normal_(gau.out_proj.bias, 0.1)
+        if getattr(gau, "rel_pos", None) is not None:
+            normal_(gau.rel_pos.table, 0.6)
+        logits = 0 if layer.router is None else 2  # hx_proj = [router logits (2) | always-on path (D)]
+        normal_(layer.hx_proj.weight[:logits], 1.0 * per_d)
+        normal_(layer.hx_proj.weight[logits:], 0.2 * per_d)
+        normal_(layer.hx_proj.bias, 0.05)
+        for name, p in layer.norm.named_parameters():
+            if name.endswith("bias"):
+                normal_(p, 0.1)
+            else:
+                normal_(p, 0.2, mean=1.0)
+    return layer
+
+
+def make_layer(*, dims=LAYER_DIMS, seed=0, dtype=torch.float32, **options):
+    """A ``SeqBoatLayer(*dims, **options)`` in eval mode at weights where every branch matters
+    (``strong_weights_``). Defaults: causal, window 3, softmax, simple bias, max_positions 32."""
+    from seqboat_fairseq.modules import SeqBoatLayer
+
+    opts = dict(bidirectional=False, window=3, truncation=None, norm_type="layernorm", prenorm=True,
+                attention_activation="softmax", rel_pos="simple", max_positions=32)
+    opts.update(options)
+    layer = SeqBoatLayer(*dims, **opts)
+    return strong_weights_(layer, seed).to(dtype).eval()
+
+
+def seqboat_layers(module):
+    """Every ``SeqBoatLayer`` in ``module`` (itself included)."""
+    from seqboat_fairseq.modules import SeqBoatLayer
+
+    return [m for m in module.modules() if isinstance(m, SeqBoatLayer)]
+
+
+def _scale_gau_output_(layer, factor):
+    layer.gau.out_proj.weight.mul_(factor)
+    layer.gau.out_proj.bias.mul_(factor)
+
+
+def _flip_positions_(layer):
+    if getattr(layer.gau, "rel_pos", None) is not None:
+        layer.gau.rel_pos.table.neg_()
+    else:
+        layer.gau.rotary = False
+
+
+def _halve_queries_(layer):  # = a doubled attention normaliser (q is scaled by 1 / normaliser)
+    layer.gau.qk_gamma[0].mul_(0.5)
+    layer.gau.qk_beta[0].mul_(0.5)
+
+
+# (name, in-place edit of one SeqBoatLayer): each removes or distorts one branch of the GAU
+BRANCH_MUTATIONS = (
+    ("GAU output zeroed", lambda layer: _scale_gau_output_(layer, 0.0)),
+    ("GAU output scaled by 0.9", lambda layer: _scale_gau_output_(layer, 0.9)),
+    ("position bias negated / rotary off", _flip_positions_),
+    ("attention normaliser doubled", _halve_queries_),
+)
+
+
+def assert_branches_matter(what, module, run, atol, factor=100.0, mutations=BRANCH_MUTATIONS):
+    """Asserts that every mutation in ``mutations``, applied to every ``SeqBoatLayer`` of a
+    deep copy of ``module``, changes ``run(copy)`` (the quantity a test checks, any tensor) by
+    at least ``factor * atol`` (max abs). ``module`` itself is left untouched.
+    Returns ``{mutation: change}``."""
+    import copy
+
+    with torch.no_grad():
+        baseline = run(module).detach().double()
+    changes = {}
+    for name, mutate in mutations:
+        mutated = copy.deepcopy(module)
+        layers = seqboat_layers(mutated)
+        assert layers, f"{what}: no SeqBoatLayer to mutate"
+        with torch.no_grad():
+            for layer in layers:
+                mutate(layer)
+            out = run(mutated).detach().double()
+        assert out.shape == baseline.shape
+        change = (out - baseline).abs().max().item()
+        assert change >= factor * atol, (
+            f"{what}: {name} changes the checked quantity by only {change:.2e} < {factor:g} x tolerance "
+            f"{atol:g}: the test cannot tell a broken GAU from a working one")
+        changes[name] = change
+    return changes
+
+
+def assert_partially_active(active, padding_mask=None, window=None, what="activation"):
+    """Every row routes some but not all of its real tokens to the GAU (and, with a working
+    memory of ``window`` slots, more than ``window + 1`` of them, so the window binds).
+    active, padding_mask: ``(B, L)`` bool."""
+    valid = torch.ones_like(active) if padding_mask is None else ~padding_mask
+    counts, lengths = (active & valid).sum(1), valid.sum(1)
+    assert not (active & ~valid).any(), f"{what}: a pad is active"
+    assert bool(((counts > 0) & (counts < lengths)).all()), \
+        f"{what}: not partial per row: {counts.tolist()} of {lengths.tolist()} tokens active"
+    if window is not None:
+        assert bool((counts > window + 1).all()), f"{what}: window {window} never binds: {counts.tolist()} active"

@@ -33,6 +33,9 @@ def _inputs(slots, causal, positions, window):
         pos = torch.arange(slots).expand(bsz, slots)
     elif positions == "rotary":
         q, k = apply_rotary(q, pos), apply_rotary(k, pos)
+    if bias is not None:
+        with torch.no_grad():  # a bias as large as the scores, not the 0.02 of a fresh table
+            bias.table.normal_(0.0, 1.0)
     return q, k, v, valid, pos, bias
 
 
@@ -48,8 +51,19 @@ def test_blocked_matches_dense(slots, window, causal, activation, positions):
     ref = dense_local_attention(q, k, v, valid, **kwargs)
     assert out.shape == ref.shape == (3, slots, 5)
     # padded query rows are discarded by callers; compare the rows that have keys
-    assert_close("attention", out[:2], ref[:2], atol=1e-10)
+    atol = 1e-10
+    assert_close("attention", out[:2], ref[:2], atol=atol)
     assert torch.isfinite(out).all()
+    # the checked numbers depend on the positions and the normaliser far beyond the tolerance
+    # (one slot attends only to itself: softmax weight 1 and rotary q.k unchanged, whatever they are)
+    if slots > 1:
+        changed = {"normaliser doubled": local_attention(q * 0.5, k, v, valid, **kwargs)}
+        if bias is not None:
+            changed["position bias negated"] = local_attention(q, k, v, valid, **dict(kwargs, bias=lambda o: -bias(o)))
+        elif positions == "rotary":  # the same queries and keys, unrotated
+            changed["rotary off"] = local_attention(apply_rotary(q, -pos), apply_rotary(k, -pos), v, valid, **kwargs)
+        for what, other in changed.items():
+            assert (other[:2] - out[:2]).abs().max() >= 100 * atol, what
 
 
 def test_laplace_does_not_leak_through_masks():

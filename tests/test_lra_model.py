@@ -1,11 +1,15 @@
-"""The seqboat_lra classifier: presets (paper sizes, real lengths), two towers, checkpoints."""
+"""The seqboat_lra classifier: presets (paper sizes, real lengths), two towers, checkpoints.
+
+The equivalence tests re-draw every layer's weights so that each branch matters
+(``conftest.strong_weights_``) and assert it (``conftest.assert_branches_matter``)."""
 
 import os
 
 import pytest
 import torch
 
-from conftest import assert_close, build_lra, write_lra_dictionaries
+from conftest import (assert_branches_matter, assert_close, assert_partially_active, build_lra, strong_weights_,
+                      write_lra_dictionaries)
 
 # spec 8.5: (per layer, encoder without token embedding, head, total without token embedding)
 PAPER_SIZES = {
@@ -32,6 +36,22 @@ def aan_dir(tmp_path):
 def image_dir(tmp_path):
     os.makedirs(tmp_path / "image" / "input")
     return str(tmp_path / "image")
+
+
+def strengthen(model):
+    """Every branch of every layer matters (see conftest.strong_weights_); embeddings N(0, 1)
+    (at their D^-1/2 initialisation a post-norm first layer sees inputs so small that its
+    queries and keys are nearly constant, and attention is a plain average)."""
+    g = torch.Generator().manual_seed(1234)
+    encoder = model.encoder
+    with torch.no_grad():
+        embedding = encoder.embed_pixels if encoder.is_image else encoder.embed_tokens
+        embedding.weight.copy_(torch.randn(embedding.weight.shape, generator=g))
+        if not encoder.is_image:
+            embedding.weight[encoder.padding_idx] = 0.0
+    for i, layer in enumerate(encoder.layers):
+        strong_weights_(layer, seed=i)
+    return model
 
 
 def _dir(task, arch, text_dir, aan_dir, image_dir):
@@ -68,15 +88,22 @@ def test_preset_sizes_match_the_paper_and_run_at_full_length(arch, text_dir, aan
 
 def test_two_tower_retrieval_concatenates_r1_r0_and_nli_features(aan_dir):
     model, _, _ = build_lra(aan_dir, "lra-text", "--arch", "seqboat_lra_aan", "--encoder-layers", "1")
-    model.eval()
+    strengthen(model).eval()
     a, b = torch.randint(4, 10, (2, 30)), torch.randint(4, 10, (2, 25))
     lengths_a, lengths_b = torch.tensor([30, 30]), torch.tensor([25, 25])
     r0, _, _ = model.sentence_representation(a, lengths_a)
     r1, _, _ = model.sentence_representation(b, lengths_b)
     expected = model.classifier(torch.cat([r1, r0, r0 * r1, r0 - r1], dim=-1))
     logits, extra = model(a, lengths_a, b, lengths_b)
-    assert_close("two towers", logits, expected, atol=1e-6)
+    atol = 1e-6
+    assert_close("two towers", logits, expected, atol=atol)
     assert len(extra["activations"]) == 2, "both documents report their activations"
+    for document, padding_mask in zip(extra["activations"], extra["padding_mask"]):
+        for layer_activation in document:
+            assert_partially_active(layer_activation.active, padding_mask)
+    assert_branches_matter("two towers", model, lambda m: m(a, lengths_a, b, lengths_b)[0], atol)
+    # the features are ordered: swapping the documents gives other logits
+    assert (model(b, lengths_b, a, lengths_a)[0] - logits).abs().max() >= 100 * atol
     with pytest.raises(ValueError, match="src_tokens1"):
         model(a, lengths_a)
 
@@ -84,13 +111,17 @@ def test_two_tower_retrieval_concatenates_r1_r0_and_nli_features(aan_dir):
 def test_masked_mean_ignores_padding_and_rows_are_batch_independent(text_dir):
     model, task, _ = build_lra(text_dir, "lra-text", "--arch", "seqboat_lra_listop", "--encoder-layers", "2",
                                "--chunk-size", "4")
-    model.eval()
+    strengthen(model).eval()
     pad = task.source_dictionary.pad()
     x = torch.randint(4, 15, (2, 40))
     x[1, 30:] = pad
-    logits, _ = model(x, torch.tensor([40, 30]))
+    logits, extra = model(x, torch.tensor([40, 30]))
+    for layer_activation in extra["activations"][0]:
+        assert_partially_active(layer_activation.active, extra["padding_mask"][0], window=4)
     alone, _ = model(x[1:, :30], torch.tensor([30]))
-    assert_close("padded row vs alone", logits[1], alone[0], atol=1e-5)
+    atol = 1e-5
+    assert_close("padded row vs alone", logits[1], alone[0], atol=atol)
+    assert_branches_matter("padded row", model, lambda m: m(x, torch.tensor([40, 30]))[0][1], atol)
 
 
 def test_cls_representation_and_image_constraints(text_dir, image_dir):
@@ -130,6 +161,7 @@ def upstream_cifar_state_dict(model):
 
 def test_upstream_lra_state_dict_loads(image_dir):
     model, _, _ = build_lra(image_dir, "lra-image", "--arch", "seqboat_lra_cifar10", "--encoder-layers", "2")
+    strengthen(model)
     upstream = upstream_cifar_state_dict(model)
     # the exact upstream key set of spec 12.2 for one CIFAR layer
     layer = {k.split("mega_layer.")[1] for k in upstream if k.startswith("encoder.encoder.layers.0.")}
@@ -147,3 +179,5 @@ def test_upstream_lra_state_dict_loads(image_dir):
     model.eval(), fresh.eval()
     x = torch.randn(2, 64)
     assert_close("upstream layout", fresh(x, torch.tensor([64, 64]))[0], model(x, torch.tensor([64, 64]))[0], atol=0)
+    # exact equality, and every branch moves the logits far beyond fp32 rounding (as if atol were 1e-6)
+    assert_branches_matter("upstream layout", fresh, lambda m: m(x, torch.tensor([64, 64]))[0], atol=1e-6)
