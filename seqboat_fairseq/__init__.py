@@ -4,7 +4,11 @@ Importing the package registers its models, architectures, tasks, criterion, opt
 LR scheduler and the ``enwik8_bytes`` encoder with fairseq.
 """
 
-from . import checkpoint_compat  # noqa: F401  (must come first: torch.load allow-list)
+from .fairseq_check import require_fairseq
+
+require_fairseq()  # one clear ImportError when no fairseq with the 0.12 API is installed
+
+from . import checkpoint_compat  # noqa: F401,E402  (must come first: torch.load allow-list)
 from . import criterions  # noqa: F401
 from . import encoders  # noqa: F401
 from . import generation  # noqa: F401  (--task multiline_language_modeling)

@@ -1,7 +1,9 @@
 """``--optimizer radam`` and ``--lr-scheduler linear_decay``: registration, command line,
-schedule values and the RAdam update against an independent re-implementation."""
+schedule values (``--total-num-update`` defaulting to ``--max-update``), and torch's RAdam behind
+``--optimizer radam`` against the plugin's former hand-written RAdam (kept below as the reference)
+and an independent re-implementation of the formulas."""
 
-import inspect
+import io
 import math
 
 import pytest
@@ -13,7 +15,7 @@ from omegaconf import OmegaConf
 import seqboat_fairseq.optim  # noqa: F401  (registers radam and linear_decay)
 from conftest import PLUGIN_DIR, assert_close
 from seqboat_fairseq.optim.lr_scheduler.linear_decay import LinearDecayLRSchedule
-from seqboat_fairseq.optim.radam import FairseqRAdam, RAdam
+from seqboat_fairseq.optim.radam import FairseqRAdam
 
 PEAK_LR, WARMUP, TOTAL, INIT_LR = 5e-3, 10, 50, 2e-3
 
@@ -25,6 +27,7 @@ def build_radam(params, lr=PEAK_LR, **options):
 
 def build_linear_decay(lr=PEAK_LR, **options):
     """A ``linear_decay`` scheduler (driving a RAdam optimizer) built through fairseq's registry."""
+    options.setdefault("total_num_update", TOTAL)  # no parent config here to interpolate --max-update
     lrs = lr if isinstance(lr, list) else [lr]
     optimizer = build_radam([torch.nn.Parameter(torch.zeros(2))], lr=lrs[0])
     cfg = OmegaConf.create({"_name": "linear_decay", "lr": lrs, **options})
@@ -45,7 +48,10 @@ def test_importing_the_package_registers_optimizer_and_scheduler():
     assert fairseq_lr_scheduler.LR_SCHEDULER_REGISTRY["linear_decay"] is LinearDecayLRSchedule
     assert "linear_decay" in fairseq_lr_scheduler.LR_SCHEDULER_DATACLASS_REGISTRY
     optimizer = build_radam([torch.nn.Parameter(torch.zeros(2))])
-    assert optimizer.supports_memory_efficient_fp16 and optimizer.supports_flat_params
+    assert type(optimizer.optimizer) is torch.optim.RAdam, "a wrapper around torch's RAdam"
+    assert optimizer.supports_flat_params
+    # torch's RAdam keeps its moments in the weights' dtype: no --memory-efficient-fp16/bf16
+    assert not optimizer.supports_memory_efficient_fp16
 
 
 def test_command_line_options_reach_optimizer_and_scheduler(tmp_path):
@@ -63,7 +69,9 @@ def test_command_line_options_reach_optimizer_and_scheduler(tmp_path):
     optimizer = fairseq_optim.build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(2))])
     scheduler = fairseq_lr_scheduler.build_lr_scheduler(cfg.lr_scheduler, optimizer)
     assert isinstance(optimizer, FairseqRAdam) and isinstance(scheduler, LinearDecayLRSchedule)
-    assert optimizer.optimizer.defaults == {"lr": 5e-3, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.01}
+    defaults = optimizer.optimizer.defaults
+    assert {k: defaults[k] for k in ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay")} == {
+        "lr": 5e-3, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.01, "decoupled_weight_decay": True}
     assert cfg.lr_scheduler.warmup_power == 2 and isinstance(cfg.lr_scheduler.warmup_power, int)
     assert optimizer.get_lr() == 1e-7
     assert scheduler.step_update(5) == pytest.approx(1e-7 + (5e-3 - 1e-7) * 0.25, rel=1e-12)
@@ -135,6 +143,113 @@ def test_linear_decay_state_dict():
     assert restored.best is None
 
 
+
+def build_from_command_line(tmp_path, *scheduler_args):
+    """The optimizer and ``linear_decay`` scheduler that fairseq-train builds from these options."""
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [
+        str(tmp_path), "--user-dir", PLUGIN_DIR, "--task", "language_modeling", "--arch", "transformer_lm",
+        "--optimizer", "radam", "--lr", str(PEAK_LR), "--lr-scheduler", "linear_decay",
+        "--warmup-updates", str(WARMUP), *scheduler_args])
+    cfg = convert_namespace_to_omegaconf(args)
+    optimizer = fairseq_optim.build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(2))])
+    return fairseq_lr_scheduler.build_lr_scheduler(cfg.lr_scheduler, optimizer)
+
+
+def test_total_num_update_defaults_to_max_update(tmp_path):
+    # forgetting --total-num-update used to mean 1,000,000 updates: an LR that never decays
+    scheduler = build_from_command_line(tmp_path, "--max-update", "40")
+    assert scheduler.total_num_update == 40
+    assert scheduler.step_update(25) == pytest.approx(PEAK_LR / 2, rel=1e-12)
+    assert scheduler.step_update(40) == 0.0
+
+    # an explicit --total-num-update still wins
+    scheduler = build_from_command_line(tmp_path, "--max-update", "40", "--total-num-update", "70")
+    assert scheduler.total_num_update == 70
+    assert scheduler.step_update(40) == pytest.approx(PEAK_LR * 30 / 60, rel=1e-12)
+
+
+def test_total_num_update_defaults_to_max_update_in_a_hydra_config():
+    """What fairseq-hydra-train composes: the dataclass default interpolates optimization.max_update."""
+    cfg = OmegaConf.create({"optimization": {"max_update": 30, "lr": [PEAK_LR]},
+                            "lr_scheduler": {"_name": "linear_decay", "warmup_updates": WARMUP}})
+    optimizer = build_radam([torch.nn.Parameter(torch.zeros(2))])
+    scheduler = fairseq_lr_scheduler.build_lr_scheduler(cfg.lr_scheduler, optimizer)
+    assert scheduler.total_num_update == 30
+    assert scheduler.step_update(20) == pytest.approx(PEAK_LR / 2, rel=1e-12)
+
+
+def test_linear_decay_without_max_update_or_total_num_update_is_refused(tmp_path):
+    # --max-update 0 (fairseq's default: no limit) leaves nothing to decay over
+    with pytest.raises(ValueError, match=r"linear_decay needs .* --max-update .*--total-num-update"):
+        build_from_command_line(tmp_path)
+
+
+class LegacyRAdam(torch.optim.Optimizer):
+    """The plugin's former hand-written ``radam`` (seqboat_fairseq/optim/radam.py before it wrapped
+    torch's), kept verbatim as the reference: upstream SeqBoat/MEGA's RAdam with
+    ``degenerated_to_sgd=True``, decoupled weight decay, fp32 math for fp16/bf16 weights."""
+
+    _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+
+    @staticmethod
+    def rectified_step_size(step, beta1, beta2):
+        beta2_t = beta2**step
+        rho_inf = 2.0 / (1.0 - beta2) - 1.0
+        rho_t = rho_inf - 2.0 * step * beta2_t / (1.0 - beta2_t)
+        bias_correction1 = 1.0 - beta1**step
+        if rho_t >= 5:
+            rect = (1.0 - beta2_t) * (rho_t - 4) / (rho_inf - 4) * (rho_t - 2) / rho_t * rho_inf / (rho_inf - 2)
+            return rho_t, math.sqrt(rect) / bias_correction1
+        return rho_t, 1.0 / bias_correction1
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, weight_decay = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if grad.dtype in self._LOW_PRECISION:
+                    grad = grad.float()
+                p_data_fp32 = p.data
+                if p.data.dtype in self._LOW_PRECISION:
+                    p_data_fp32 = p_data_fp32.float()
+                state = self.state[p]
+                if len(state) == 0:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p_data_fp32)
+                    state["exp_avg_sq"] = torch.zeros_like(p_data_fp32)
+                else:
+                    state["exp_avg"] = state["exp_avg"].to(p_data_fp32)
+                    state["exp_avg_sq"] = state["exp_avg_sq"].to(p_data_fp32)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+
+                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                state["step"] += 1
+
+                rho_t, step_size = self.rectified_step_size(state["step"], beta1, beta2)
+                if weight_decay != 0:
+                    p_data_fp32.mul_(1 - lr * weight_decay)
+                if rho_t >= 5:
+                    denom = exp_avg_sq.sqrt().add_(group["eps"])
+                    p_data_fp32.addcdiv_(exp_avg, denom, value=-step_size * lr)
+                else:
+                    p_data_fp32.add_(exp_avg, alpha=-step_size * lr)
+                if p.data.dtype in self._LOW_PRECISION:
+                    p.data.copy_(p_data_fp32)
+
+
 def reference_radam(param, grads, lr, betas, eps, weight_decay):
     """Straightforward RAdam (upstream SeqBoat/MEGA, degenerated_to_sgd=True); returns params and rho_t per step."""
     beta1, beta2 = betas
@@ -160,6 +275,43 @@ def reference_radam(param, grads, lr, betas, eps, weight_decay):
 HYPER = {"lr": 1e-2, "betas": (0.9, 0.98), "eps": 1e-3, "weight_decay": 0.1}
 
 
+def radam_options(lr, betas, eps, weight_decay):
+    """``build_radam`` keyword arguments (fairseq's option names) for these hyperparameters."""
+    return {"lr": lr, "radam_betas": str(betas), "radam_eps": eps, "weight_decay": weight_decay}
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-13), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("hyper", [HYPER, {"lr": 3e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}])
+def test_radam_update_equals_the_former_implementation(hyper, dtype, atol):
+    """Twelve steps on three parameters (one of them without a gradient every third step): the
+    SGD steps (rho_t < 5) and the rectified ones, with and without weight decay."""
+    shapes = [(4, 6), (7,), (3, 2, 2)]
+    starts = [torch.randn(shape, dtype=dtype) for shape in shapes]
+    ours = [torch.nn.Parameter(s.clone()) for s in starts]
+    theirs = [torch.nn.Parameter(s.clone()) for s in starts]
+    optimizer = build_radam(ours, **radam_options(**hyper))
+    legacy = LegacyRAdam(theirs, **hyper)
+    beta1, beta2 = hyper["betas"]
+    rhos = [LegacyRAdam.rectified_step_size(t, beta1, beta2)[0] for t in range(1, 13)]
+    assert min(rhos) < 5 < max(rhos), "both the SGD and the rectified branch are exercised"
+
+    for step in range(1, 13):
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            grad = None if (i == 1 and step % 3 == 0) else torch.randn_like(a) * 0.05
+            a.grad = None if grad is None else grad.clone()
+            b.grad = None if grad is None else grad.clone()
+        optimizer.step()
+        legacy.step()
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            assert a.dtype == dtype
+            assert_close(f"step {step}, param {i}", a.detach(), b.detach(), atol=atol)
+    for a, b in zip(ours, theirs):
+        state, legacy_state = optimizer.optimizer.state[a], legacy.state[b]
+        assert int(state["step"]) == legacy_state["step"]
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert_close(key, state[key], legacy_state[key], atol=atol)
+
+
 def test_radam_matches_reference_in_both_branches():
     start = torch.randn(4, 6, dtype=torch.float64)
     grads = [torch.randn(4, 6, dtype=torch.float64) * 0.05 for _ in range(10)]
@@ -167,8 +319,7 @@ def test_radam_matches_reference_in_both_branches():
     assert min(rhos) < 5 <= max(rhos), "both the SGD and the rectified branch are exercised"
 
     param = torch.nn.Parameter(start.clone())
-    optimizer = build_radam([param], lr=HYPER["lr"], radam_betas=str(HYPER["betas"]), radam_eps=HYPER["eps"],
-                            weight_decay=HYPER["weight_decay"])
+    optimizer = build_radam([param], **radam_options(**HYPER))
     for step, (grad, want) in enumerate(zip(grads, expected), start=1):
         param.grad = grad.clone()
         optimizer.step()
@@ -176,46 +327,75 @@ def test_radam_matches_reference_in_both_branches():
     assert optimizer.optimizer.state[param]["step"] == len(grads)
 
 
-def test_radam_agrees_with_torch_radam_decoupled():
-    if "decoupled_weight_decay" not in inspect.signature(torch.optim.RAdam).parameters:
-        pytest.skip("this torch has no RAdam(decoupled_weight_decay=...)")
-    ours = torch.nn.Parameter(torch.randn(32, dtype=torch.float64))
-    theirs = torch.nn.Parameter(ours.detach().clone())
-    ours_opt = RAdam([ours], **HYPER)
-    theirs_opt = torch.optim.RAdam([theirs], decoupled_weight_decay=True, **HYPER)
-    for step in range(12):
-        grad = torch.randn(32, dtype=torch.float64) * 0.05
-        ours.grad, theirs.grad = grad.clone(), grad.clone()
-        ours_opt.step()
-        theirs_opt.step()
-        assert_close(f"step {step + 1}", ours.detach(), theirs.detach(), atol=1e-12)
+def test_radam_resumes_from_a_state_of_the_former_implementation():
+    """Checkpoints written before the switch (integer steps, no ``decoupled_weight_decay`` in the
+    param groups, which torch would default to coupled L2 decay) continue exactly."""
+    start = torch.randn(16, dtype=torch.float64)
+    grads = [torch.randn(16, dtype=torch.float64) * 0.05 for _ in range(10)]
+    old = torch.nn.Parameter(start.clone())
+    legacy = LegacyRAdam([old], **HYPER)
+    for grad in grads[:5]:
+        old.grad = grad.clone()
+        legacy.step()
+    buffer = io.BytesIO()  # as in a checkpoint file (and no moments shared with ``legacy``)
+    torch.save(legacy.state_dict(), buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    assert "decoupled_weight_decay" not in saved["param_groups"][0]
+
+    new = torch.nn.Parameter(old.detach().clone())
+    optimizer = build_radam([new], **radam_options(**HYPER))
+    optimizer.load_state_dict(saved)
+    assert all(group["decoupled_weight_decay"] for group in optimizer.param_groups)
+    for step, grad in enumerate(grads[5:], start=6):
+        old.grad, new.grad = grad.clone(), grad.clone()
+        legacy.step()
+        optimizer.step()
+        assert_close(f"step {step}", new.detach(), old.detach(), atol=1e-13)
 
 
-def test_radam_bf16_params_use_fp32_math():
-    start = torch.randn(64) * 0.1
-    grads = [(torch.randn(64) * 0.05).bfloat16() for _ in range(10)]
-    low = torch.nn.Parameter(start.bfloat16())
-    master = torch.nn.Parameter(start.clone())  # fp32 run, re-synced to the bf16 weights every step
-    full = torch.nn.Parameter(start.clone())  # fp32 run throughout
-    low_opt, master_opt, full_opt = RAdam([low], **HYPER), RAdam([master], **HYPER), RAdam([full], **HYPER)
-    for grad in grads:
-        master.data.copy_(low.data.float())
-        low.grad, master.grad, full.grad = grad.clone(), grad.float(), grad.float()
-        low_opt.step()
-        master_opt.step()
-        full_opt.step()
-        # one fp32 step on the upcast weights, rounded once to bf16
-        assert low.dtype == torch.bfloat16 and torch.equal(low.data, master.data.bfloat16())
-    for key in ("exp_avg", "exp_avg_sq"):
-        state = low_opt.state[low][key]
-        assert state.dtype == torch.float32 and torch.equal(state, full_opt.state[full][key]), key
-    # eleven bf16 roundings (the start and ten steps, half an ulp each for |w| < 0.5) from the fp32 run
-    assert full.detach().abs().max() < 0.5
-    assert_close("bf16 vs fp32", low.detach().float(), full.detach(), atol=11 * 2**-10)
+def test_radam_under_fp16_training_runs_in_fp32(tmp_path, monkeypatch):
+    """``--fp16``: fairseq's FP16Optimizer hands RAdam flat fp32 master weights; the fp16 weights
+    are those masters rounded once. ``--memory-efficient-fp16`` is refused by fairseq."""
+    from fairseq.optim.fp16_optimizer import FP16Optimizer, MemoryEfficientFP16Optimizer
+
+    # FP16Optimizer keys its flat fp32 masters by the CUDA device; the tensors stay on the CPU here
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: None)  # == a CPU tensor's device.index
+
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(tmp_path), "--user-dir", PLUGIN_DIR, "--task", "language_modeling", "--arch", "transformer_lm",
+        "--fp16", "--fp16-init-scale", "1", "--optimizer", "radam", "--lr", str(HYPER["lr"]),
+        "--radam-betas", str(HYPER["betas"]), "--radam-eps", str(HYPER["eps"]),
+        "--weight-decay", str(HYPER["weight_decay"])])
+    cfg = convert_namespace_to_omegaconf(args)
+    starts = [torch.randn(5, 3) * 0.1, torch.randn(4) * 0.1]
+    halves = [torch.nn.Parameter(s.half()) for s in starts]
+    optimizer = FP16Optimizer.build_optimizer(cfg, halves)
+    assert isinstance(optimizer.fp32_optimizer, FairseqRAdam)
+    master = torch.nn.Parameter(torch.cat([h.detach().float().flatten() for h in halves]))
+    legacy = LegacyRAdam([master], **HYPER)
+    for step in range(1, 9):
+        grads = [torch.randn_like(s) * 0.05 for s in starts]
+        optimizer.zero_grad()
+        optimizer.backward(sum((h.float() * g).sum() for h, g in zip(halves, grads)))  # loss scale 1
+        assert all(torch.equal(h.grad, g.half()) for h, g in zip(halves, grads))
+        master.grad = torch.cat([g.half().float().flatten() for g in grads])
+        optimizer.step()
+        legacy.step()
+        flat = torch.cat([h.detach().flatten() for h in halves])
+        assert flat.dtype == torch.float16
+        assert_close(f"step {step}: fp32 masters", optimizer.fp32_params[None].detach(), master.detach(), atol=2e-6)
+        assert torch.equal(flat, optimizer.fp32_params[None].detach().half()), f"step {step}: one rounding"
+
+    with pytest.raises(ValueError, match="Unsupported optimizer"):
+        MemoryEfficientFP16Optimizer.build_optimizer(cfg, [torch.nn.Parameter(s.half()) for s in starts])
 
 
 def test_radam_rejects_sparse_gradients():
     param = torch.nn.Parameter(torch.zeros(3, 2))
     param.grad = torch.zeros(3, 2).to_sparse()
     with pytest.raises(RuntimeError, match="sparse"):
-        RAdam([param]).step()
+        build_radam([param]).step()

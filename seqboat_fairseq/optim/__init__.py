@@ -1,6 +1,7 @@
 """Optimizers and LR schedulers registered with fairseq on import.
 
-``--optimizer radam`` and ``--lr-scheduler linear_decay`` (ports of the SeqBoat/MEGA upstream).
+``--optimizer radam`` (torch's RAdam with decoupled weight decay, under upstream SeqBoat/MEGA's
+option names) and ``--lr-scheduler linear_decay`` (a port of the upstream schedule).
 """
 
 from . import lr_scheduler  # noqa: F401

@@ -35,8 +35,11 @@ class LinearDecayLRScheduleConfig(FairseqDataclass):
         metadata={"help": "learning rate to decay to"},
     )
     total_num_update: int = field(
-        default=1000000,
-        metadata={"help": "total number of updates over which to decay learning rate"},
+        default=II("optimization.max_update"),
+        metadata={
+            "help": "total number of updates over which to decay learning rate"
+            " (default: --max-update)"
+        },
     )
     lr: List[float] = II("optimization.lr")
 
@@ -47,7 +50,7 @@ class LinearDecayLRSchedule(FairseqLRScheduler):
 
     With peak ``lr = --lr``, ``W = --warmup-updates``, ``lr0 = --warmup-init-lr``,
     ``rho = --warmup-power``, ``lr_end = --end-learning-rate`` and
-    ``T = --total-num-update``, the LR after ``u`` updates is::
+    ``T = --total-num-update`` (default: ``--max-update``), the LR after ``u`` updates is::
 
       u <= W (W > 0):  lr0 + u**rho * (lr - lr0) / W**rho
       u >= T:          lr_end
@@ -56,6 +59,15 @@ class LinearDecayLRSchedule(FairseqLRScheduler):
     Before the first update the LR is ``lr0`` (``lr`` when ``W == 0``); epoch
     boundaries do not change it.
     """
+
+    @classmethod
+    def add_args(cls, parser):
+        super().add_args(parser)
+        # fairseq's argparse path drops the default of an option that interpolates another one and
+        # then passes ``null``, which omegaconf refuses for an int (fairseq's own polynomial_decay
+        # fails that way without --total-num-update). Keep the interpolation instead, so that the
+        # command line resolves it to --max-update as fairseq-hydra-train does.
+        parser.set_defaults(total_num_update="${optimization.max_update}")
 
     def __init__(self, cfg: LinearDecayLRScheduleConfig, optimizer):
         super().__init__(cfg, optimizer)
@@ -82,6 +94,11 @@ class LinearDecayLRSchedule(FairseqLRScheduler):
                     f" --lr ({self.peak_lr}) when --warmup-updates > 0"
                 )
             self.warmup_init_lr = max(cfg.warmup_init_lr, 0.0)
+        if cfg.total_num_update is None or cfg.total_num_update <= 0:
+            raise ValueError(
+                "linear_decay needs the number of updates to decay over: set --max-update"
+                " (or --total-num-update, which defaults to --max-update)"
+            )
         if cfg.total_num_update <= warmup:
             raise ValueError(
                 f"--total-num-update ({cfg.total_num_update}) must be larger than"
