@@ -84,7 +84,7 @@ def lra_dirs(tmp_path_factory):
 
 
 def _lra_task(arch):
-    image = any(k in arch for k in ("cifar10", "pf32", "pf128"))
+    image = any(k in arch for k in ("cifar10", "pf32", "pf128", "sc_raw"))
     return ("lra-image", "image") if image else ("lra-text", "aan" if arch.endswith("aan") else "text")
 
 

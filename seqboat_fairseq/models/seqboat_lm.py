@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..modules.norms import NORM_TYPES, SequenceNorm
 from ..modules.seqboat_layer import LayerActivation, SeqBoatLayer, upgrade_upstream_layer_keys
+from .checkpoint_activations import checkpoint_layers
 from .layer_options import check_layer_options, task_name
 from .presets import apply_preset, fill_base_defaults, preset_field
 
@@ -77,6 +78,13 @@ class SeqBoatLMConfig(FairseqDataclass):
     slag_local: Optional[bool] = preset_field(
         False, "no-op, accepted so upstream recipes parse (fairseq 0.12's language_modeling task "
                "already uses plain token blocks)")
+    # training-memory options, as fairseq's transformer_lm has them (not architecture: no preset sets them)
+    checkpoint_activations: bool = field(
+        default=False, metadata={"help": "checkpoint activations at each layer: keep only each layer's input and "
+                                         "recompute the layer in the backward pass (same loss and gradients)"})
+    offload_activations: bool = field(
+        default=False, metadata={"help": "move checkpointed activations to CPU after they are used. "
+                                         "Sets --checkpoint-activations."})
     # the language_modeling task's options, mirrored; null under any other task (build_model refuses)
     tokens_per_sample: Optional[int] = "${oc.select:task.tokens_per_sample,null}"
     max_target_positions: Optional[int] = "${oc.select:task.max_target_positions,null}"
@@ -143,6 +151,7 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
             )
             for _ in range(args.decoder_layers)
         ])
+        checkpoint_layers(self.layers, args)  # --checkpoint-activations / --offload-activations
         self.final_norm = (
             SequenceNorm(args.normalization_type, dim, affine=not args.no_affine_final_norm)
             if args.normalize_before else None
@@ -180,7 +189,7 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
             prev_output_tokens = prev_output_tokens[:, consumed:]
         self.check_length(consumed + prev_output_tokens.size(1))
         padding_mask = prev_output_tokens.eq(self.padding_idx)
-        if not padding_mask.any():
+        if incremental_state is None and not padding_mask.any():  # (decoding never reads a device value)
             padding_mask = None
         x = self.embed_tokens(prev_output_tokens) * self.embed_scale
         if self.project_in_dim is not None:
