@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
 def test_training_logs_loss_and_per_layer_activation_rates(trained):
     log = trained["log"]
     # loss first, then the rates (summed counts, so every worker's tokens count)
-    assert re.search(r"train_inner .*\| loss=[\d.]+, .*act_rate=[\d.]+, act_rate_l0=[\d.]+, act_rate_l1=[\d.]+",
+    assert re.search(r"train_inner \| epoch [\d:/ ]+ loss=[\d.]+, .*act_rate=[\d.]+, act_rate_l0=[\d.]+, act_rate_l1=[\d.]+",
                      log), log[-2000:]
     assert re.search(r"valid on 'valid' subset \| loss [\d.]+ \| .*\| act_rate [\d.]+ \| act_rate_l0 [\d.]+", log)
     events = [os.path.join(d, f) for d, _, fs in os.walk(trained["root"] / "tb") for f in fs]
