@@ -14,9 +14,14 @@ Run from the repository root::
 
     python bench/train_step.py                      # defaults: D=256, 4 layers, 1k..8k
     python bench/train_step.py --seq-lens 1024,4096 --models seqboat,transformer --repeats 5
+    python bench/train_step.py --seq-lens 4096,8192 --models seqboat,seqboat+ckpt,transformer,transformer+ckpt
+
+A model name with the suffix ``+ckpt`` is that model built with ``--checkpoint-activations``
+(each layer keeps only its input and is recomputed in the backward pass).
 
 Output: a table, one ``BENCH {json}`` line per row, then ratio lines (``BENCH`` too) comparing
-every SeqBoat variant with the Transformer at each length, and the issue's targets at 4k.
+every model with the Transformer at each length, and the issues' targets (at 4k; the training-memory
+target of issue 9 at 4k and 8k).
 """
 
 import argparse
@@ -28,19 +33,57 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    MODEL_KINDS, REPO_ROOT, build_from_cli, count_parameters, emit, format_table, median, model_cli_args,
+    MB, MODEL_KINDS, REPO_ROOT, build_from_cli, count_parameters, emit, format_table, median, model_cli_args,
     code_revision, model_label, parse_int_list, peak_rss_mb, rss_mb, setup_torch, timed_when_quiet,
     wait_until_quiet,
 )
 
 RESULT_PREFIX = "RESULT "
+CHECKPOINT_SUFFIX = "+ckpt"  # <kind>+ckpt: the model built with --checkpoint-activations
+DEFAULT_MODELS = (*MODEL_KINDS, "seqboat" + CHECKPOINT_SUFFIX, "transformer" + CHECKPOINT_SUFFIX)
+
+
+def split_kind(kind: str):
+    """``"seqboat+ckpt"`` -> ``("seqboat", True)``; ``"seqboat"`` -> ``("seqboat", False)``."""
+    if kind.endswith(CHECKPOINT_SUFFIX):
+        return kind[: -len(CHECKPOINT_SUFFIX)], True
+    return kind, False
+
+
+def allocated_peak_mb(step) -> float:
+    """Peak of the bytes torch's CPU allocator holds for one call of ``step`` on top of what was
+    allocated before it (parameters, inputs): activations kept for backward, gradients and
+    temporaries, as ``torch.cuda.max_memory_allocated`` counts them on a GPU. One extra step under
+    ``torch.profiler(profile_memory=True)``; its allocation events, summed in time order."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events, pending = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while pending:
+        event = pending.pop()
+        if event.typed[0] == _EventType.Allocation:
+            events.append((event.start_time_ns, event.typed[1].alloc_size))
+        pending.extend(event.children)
+    total = peak = 0
+    for _, size in sorted(events):
+        total += size
+        peak = max(peak, total)
+    return peak / MB
+
+
+def row_label(kind: str, window: int) -> str:
+    base, checkpointed = split_kind(kind)
+    return model_label(base, window) + (CHECKPOINT_SUFFIX if checkpointed else "")
 
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq-lens", default="1024,2048,4096,8192", help="comma-separated sequence lengths")
-    p.add_argument("--models", default=",".join(MODEL_KINDS),
-                   help=f"comma-separated subset of {','.join(MODEL_KINDS)}")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help=f"comma-separated subset of {','.join(MODEL_KINDS)}, each optionally with the suffix "
+                        f"{CHECKPOINT_SUFFIX} (built with --checkpoint-activations)")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per (model, length); median reported")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per (model, length)")
     p.add_argument("--dim", type=int, default=256, help="model width D (all models)")
@@ -90,12 +133,15 @@ def run_worker(args) -> dict:
     import torch.nn.functional as F
 
     max_len = max(parse_int_list(args.seq_lens) + [args.seq_len])
-    cli = model_cli_args(args.model, dim=args.dim, layers=args.layers, hidden=args.hidden_dim,
+    kind, checkpointed = split_kind(args.model)
+    cli = model_cli_args(kind, dim=args.dim, layers=args.layers, hidden=args.hidden_dim,
                          zdim=args.z_dim, ndim=args.n_dim, window=args.window, ffn=args.ffn_dim,
                          heads=args.heads, max_len=max_len, truncation=args.truncation,
                          rel_pos=args.rel_pos)
-    model, task = build_from_cli(*cli)
+    model, task = build_from_cli(*cli, *(["--checkpoint-activations"] if checkpointed else []))
     model.train()  # dropout is 0 anyway; training mode as in fairseq-train
+    # layers wrapped by --checkpoint-activations (fairseq's checkpoint_wrapper marks them)
+    wrapped = sum(hasattr(layer, "precheckpoint_forward") for layer in model.decoder.layers)
     dictionary = task.target_dictionary
     lo = dictionary.nspecial  # byte symbols follow bos/pad/eos/unk
     g = torch.Generator().manual_seed(args.seed)
@@ -139,20 +185,24 @@ def run_worker(args) -> dict:
         others.append(other)
         tries.append(n)
     peak = peak_rss_mb()
+    # after the RSS peak is read (the profiler's own memory stays out of it); gradients freed first,
+    # so the step's zero_grad frees nothing and the count starts from parameters + inputs
+    model.zero_grad(set_to_none=True)
+    alloc_peak = allocated_peak_mb(step)
 
     rates = None
     activations = last["extra"].get("activations") if isinstance(last["extra"], dict) else None
     if activations:
         rates = [float(a.active.float().mean()) for a in activations]
     return {
-        "bench": "train_step", "model": model_label(args.model, args.window), "kind": args.model,
-        "seq_len": args.seq_len, "batch_size": args.batch_size,
+        "bench": "train_step", "model": row_label(args.model, args.window), "kind": args.model,
+        "checkpoint_activations": checkpointed, "checkpointed_layers": wrapped, "seq_len": args.seq_len, "batch_size": args.batch_size,
         "step": "fwd+bwd+adam" if args.optimizer_step else "fwd+bwd",
         "ms": round(median(wall), 2), "ms_all": [round(t, 2) for t in wall],
         "cpu_ms": round(median(cpu), 2), "minflt": int(median(faults)),
         "other_cores": round(median(others), 2), "timed_calls": sum(tries),
         "peak_mb": round(peak, 1), "base_mb": round(base_rss, 1), "delta_mb": round(peak - base_rss, 1),
-        "base_peak_mb": round(base_peak, 1),
+        "base_peak_mb": round(base_peak, 1), "alloc_mb": round(alloc_peak, 1),
         "act_rate": None if rates is None else round(sum(rates) / len(rates), 4),
         "act_rate_layers": None if rates is None else [round(r, 4) for r in rates],
         "params": count_parameters(model), "loss": round(last["loss"], 4),
@@ -189,7 +239,7 @@ def run_pair_once(args, kind: str, seq_len: int) -> dict:
         cmd += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     if args.optimizer_step:
         cmd.append("--optimizer-step")
-    label = model_label(kind, args.window)
+    label = row_label(kind, args.window)
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=args.timeout)
@@ -216,8 +266,9 @@ def main():
 
     kinds = [k.strip() for k in args.models.split(",") if k.strip()]
     for k in kinds:
-        if k not in MODEL_KINDS:
-            raise SystemExit(f"unknown model {k!r}; expected some of {MODEL_KINDS}")
+        if split_kind(k)[0] not in MODEL_KINDS:
+            raise SystemExit(f"unknown model {k!r}; expected some of {MODEL_KINDS}, each optionally with "
+                             f"the suffix {CHECKPOINT_SUFFIX}")
     seq_lens = parse_int_list(args.seq_lens)
     threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
     load = os.getloadavg()
@@ -241,16 +292,16 @@ def main():
     load_end = os.getloadavg()
 
     headers = ["model", "seq_len", "params", "act_rate", "ms/step", "cpu_ms", "cpu/wall",
-               "peak_mb", "base_mb", "delta_mb", "others", "note"]
+               "peak_mb", "base_mb", "delta_mb", "alloc_mb", "others", "note"]
     rows = []
     for r in records:
         if "error" in r:
-            rows.append([r["model"], r["seq_len"], None, None, None, None, None, None, None, None, None,
+            rows.append([r["model"], r["seq_len"], None, None, None, None, None, None, None, None, None, None,
                          r["error"][:60]])
             continue
         rows.append([r["model"], r["seq_len"], r["params"], r["act_rate"], r["ms"], r["cpu_ms"],
                      round(r["cpu_ms"] / r["ms"], 2) if r["ms"] else None,
-                     r["peak_mb"], r["base_mb"], r["delta_mb"], r["other_cores"],
+                     r["peak_mb"], r["base_mb"], r["delta_mb"], r.get("alloc_mb"), r["other_cores"],
                      "DISTURBED" if r["other_cores"] >= args.quiet_threshold else ""])
     print()
     print(format_table(headers, rows, title="Training step (median of repeats)"))
@@ -278,14 +329,16 @@ def main():
                 "cpu_speedup": round(base["cpu_ms"] / r["cpu_ms"], 3) if r["cpu_ms"] else None,
                 "delta_mem_ratio": round(r["delta_mb"] / base["delta_mb"], 3) if base["delta_mb"] > 0 else None,
                 "peak_mem_ratio": round(r["peak_mb"] / base["peak_mb"], 3),
+                "alloc_mem_ratio": round(r["alloc_mb"] / base["alloc_mb"], 3) if base.get("alloc_mb") else None,
             }
             ratio_rows.append(ratio)
     if ratio_rows:
         print()
         print(format_table(
-            ["model", "vs", "seq_len", "speedup", "cpu_speedup", "delta_mem_ratio", "peak_mem_ratio"],
+            ["model", "vs", "seq_len", "speedup", "cpu_speedup", "delta_mem_ratio", "peak_mem_ratio",
+             "alloc_mem_ratio"],
             [[x["model"], x["baseline"], x["seq_len"], x["speedup"], x["cpu_speedup"], x["delta_mem_ratio"],
-              x["peak_mem_ratio"]] for x in ratio_rows],
+              x["peak_mem_ratio"], x["alloc_mem_ratio"]] for x in ratio_rows],
             title=f"Ratios vs {args.baseline} (speedup = baseline ms / model ms; mem ratio = model / baseline)"))
         for x in ratio_rows:
             emit(x)
@@ -303,6 +356,26 @@ def main():
         emit({"bench": "train_step_target", "seq_len": 4096, "model": target["model"],
               "speedup": target["speedup"], "speedup_target": 10.0, "speedup_met": speed_ok,
               "delta_mem_ratio": target["delta_mem_ratio"], "mem_target": 0.05, "mem_met": mem_ok})
+
+    # issue 9 target 3: peak activation memory of SeqBoat <= 1.0x the Transformer's without checkpointing,
+    # and <= 0.25x with --checkpoint-activations (both against the Transformer without it); judged on the
+    # allocator's peak (alloc_mb) and, separately, on the RSS increase (delta_mb)
+    if args.baseline == "transformer":
+        seqboat = model_label("seqboat", args.window)
+        for seq_len in (4096, 8192):
+            for label, bound in ((seqboat, 1.0), (seqboat + CHECKPOINT_SUFFIX, 0.25)):
+                x = next((x for x in ratio_rows if x["seq_len"] == seq_len and x["model"] == label), None)
+                if x is None:
+                    continue
+                met = {name: x[name] is not None and x[name] <= bound
+                       for name in ("alloc_mem_ratio", "delta_mem_ratio")}
+                print(f"TARGET {label} <= {bound}x peak activation memory of transformer at {seq_len}: allocator "
+                      f"{'MET' if met['alloc_mem_ratio'] else 'NOT MET'} ({x['alloc_mem_ratio']}x alloc_mb), RSS "
+                      f"{'MET' if met['delta_mem_ratio'] else 'NOT MET'} ({x['delta_mem_ratio']}x delta_mb)")
+                emit({"bench": "train_step_memory_target", "seq_len": seq_len, "model": label,
+                      "baseline": x["baseline"], "mem_target": bound, "alloc_mem_ratio": x["alloc_mem_ratio"],
+                      "alloc_met": met["alloc_mem_ratio"], "delta_mem_ratio": x["delta_mem_ratio"],
+                      "delta_met": met["delta_mem_ratio"], "peak_mem_ratio": x["peak_mem_ratio"]})
 
 
 if __name__ == "__main__":
