@@ -196,7 +196,8 @@ def run_worker(args) -> dict:
         rates = [float(a.active.float().mean()) for a in activations]
     return {
         "bench": "train_step", "model": row_label(args.model, args.window), "kind": args.model,
-        "checkpoint_activations": checkpointed, "checkpointed_layers": wrapped, "seq_len": args.seq_len, "batch_size": args.batch_size,
+        "checkpoint_activations": checkpointed, "checkpointed_layers": wrapped,
+        "seq_len": args.seq_len, "batch_size": args.batch_size,
         "step": "fwd+bwd+adam" if args.optimizer_step else "fwd+bwd",
         "ms": round(median(wall), 2), "ms_all": [round(t, 2) for t in wall],
         "cpu_ms": round(median(cpu), 2), "minflt": int(median(faults)),
