@@ -60,29 +60,15 @@ def peak_rss_mb() -> float:
 
 
 # --------------------------------------------------------------------------- models
-def write_byte_dictionary(directory: str, symbols: int = 256) -> str:
-    """A fairseq dict.txt over byte tokens "0".."255" (same as tests/conftest.py)."""
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "dict.txt"), "w") as f:
-        for i in range(symbols):
-            f.write(f"{i} {1000 - i}\n")
-    return directory
-
-
 def build_from_cli(*cli_args: str):
     """Builds a model exactly as fairseq-train would (``--task language_modeling`` over a
     byte dictionary in a temporary data dir). Returns ``(model, task)``."""
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from seqboat_fairseq.testing import build_from_cli as build, write_byte_dictionary
 
     quiet_fairseq_logging()
-    data_dir = write_byte_dictionary(tempfile.mkdtemp(prefix="seqboat_bench_"))
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(
-        parser, [data_dir, "--user-dir", PLUGIN_DIR, "--task", "language_modeling", *cli_args])
-    cfg = convert_namespace_to_omegaconf(args)
-    task = tasks.setup_task(cfg.task)
-    return task.build_model(cfg.model), task
+    model, task, _ = build(write_byte_dictionary(tempfile.mkdtemp(prefix="seqboat_bench_")),
+                           "language_modeling", *cli_args)
+    return model, task
 
 
 MODEL_KINDS = ("seqboat", "seqboat_full", "always_active", "transformer")
@@ -148,7 +134,7 @@ def emit(record: Dict) -> None:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence], title: str = "") -> str:
-    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [[format_cell(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = [title] if title else []
     lines.append("  ".join(c.rjust(w) for c, w in zip(cells[0], widths)))
@@ -158,9 +144,12 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence], title: str = 
     return "\n".join(lines)
 
 
-def _fmt(value) -> str:
+def format_cell(value) -> str:
+    """A table cell: None / NaN as "-", booleans as yes / NO, floats with 3 decimals below 10."""
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
     if isinstance(value, float):
         if value != value:  # nan
             return "-"

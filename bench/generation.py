@@ -95,7 +95,6 @@ from a busy neighbour than an OpenMP pool spanning every core.
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from typing import Dict, List, Optional
@@ -108,7 +107,8 @@ PLUGIN_DIR = os.path.join(REPO_ROOT, "seqboat_fairseq")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ContentionMeter, build_from_cli, emit, parse_int_list, wait_until_quiet  # noqa: E402
+from common import (ContentionMeter, build_from_cli, emit, format_cell, format_table, median,  # noqa: E402
+                    parse_int_list, wait_until_quiet)
 
 SEQBOAT_ARCH = "seqboat_lm_enwik8_base"
 MODELS = ("seqboat", "transformer", "upstream")
@@ -149,33 +149,8 @@ def clone_state(state):
     return state
 
 
-def median(values: List[float]) -> float:
-    return float(statistics.median(values)) if values else float("nan")
-
-
 def now_ms() -> float:
     return time.perf_counter() * 1000.0
-
-
-def fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
-    if isinstance(value, float):
-        if value != value:
-            return "-"
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
-    return str(value)
-
-
-def table(headers: List[str], rows: List[List]) -> str:
-    cells = [headers] + [[fmt(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(cells[0], widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells[1:]]
-    return "\n".join(lines)
 
 
 def human_bytes(n: Optional[int]) -> str:
@@ -554,7 +529,7 @@ def main(argv=None):
         order = {"seqboat": 0, "transformer": 1, "seqboat_upstream_emulated": 2}
         rows.sort(key=lambda r: (order[r["model"]], r["context"]))
         print()
-        print(table(
+        print(format_table(
             ["model", "context", "ms/tok layer", f"ms/tok model ({args.layers}L)", "@50% act", "prefill ms",
              "state/layer", "state bytes/layer", "state const", "act rate", "other cores"],
             [[r["model"], r["context"], r["ms_per_token_layer"], r["ms_per_token_model"],
@@ -586,7 +561,7 @@ def main(argv=None):
                                 target=f"<= {args.max_growth}", met=growth <= args.max_growth,
                                 text=f"SeqBoat ms/token at {hi} / at {lo}: model {growth:.2f}x, "
                                      f"per layer {growth_layer:.2f}x, model at equal (50%) activation "
-                                     f"{fmt(growth_act50)}x (target <= {args.max_growth})"))
+                                     f"{format_cell(growth_act50)}x (target <= {args.max_growth})"))
             sizes = {by["seqboat", c]["state_bytes_per_layer"] for c in contexts}
             constant = len(sizes) == 1 and all(by["seqboat", c]["state_constant"] for c in contexts)
             summary.append(dict(check="seqboat_state_constant", value=sorted(sizes), target="constant in context",

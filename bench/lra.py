@@ -40,20 +40,18 @@ VARIANTS = {
 
 
 def build_seqboat(kind, workdir):
-    sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
-    from conftest import build_lra, write_lra_dictionaries
+    from seqboat_fairseq.testing import build_from_cli, write_lra_dictionaries
 
     if kind == "seqboat_pathx":
         os.makedirs(os.path.join(workdir, "input"), exist_ok=True)
-        model, _, cfg = build_lra(workdir, "lra-image", *VARIANTS[kind])
+        model, _, cfg = build_from_cli(workdir, "lra-image", "--criterion", "lra_cross_entropy", *VARIANTS[kind])
         return model, "image", 2
     data = write_lra_dictionaries(workdir, symbols=tuple(str(i) for i in range(256)), labels=("0", "1"))
-    model, _, cfg = build_lra(data, "lra-text", *VARIANTS[kind])
+    model, _, cfg = build_from_cli(data, "lra-text", "--criterion", "lra_cross_entropy", *VARIANTS[kind])
     return model, "text", 2
 
 
 def build_transformer(dim=128, layers=4, heads=2, ffn=256, vocab=261, classes=2):
-    import torch
     from torch import nn
 
     class Encoder(nn.Module):

@@ -182,7 +182,7 @@ def main():
     for (ph, label), size in groups.most_common(args.top):
         print(f"{size / MB:8.1f} {100 * size / max(peak, 1):5.1f}% {counts[(ph, label)]:6d}  {ph:6}  "
               f"{label.replace(os.getcwd() + os.sep, '')}")
-    print(f"\nlargest single blocks live at the peak")
+    print("\nlargest single blocks live at the peak")
     for size, stack in sorted(snapshot.values(), key=lambda v: -v[0])[: min(args.top, 10)]:
         ph, label = origin(stack)
         print(f"{size / MB:8.1f}  {ph:6}  {label}")

@@ -51,6 +51,19 @@ class PrepError(Exception):
     """A user-facing error; the preps' ``main`` print it as one line and exit with code 2."""
 
 
+def run_reporting_errors(prog, work):
+    """Runs ``work()`` for a prep's ``main``: returns ``(0, its result)``, or, for a ``PrepError``
+    or Ctrl-C, prints one ``PROG: error:`` line and returns ``(2, None)`` / ``(130, None)``."""
+    try:
+        return 0, work()
+    except PrepError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2, None
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted; partial output removed", file=sys.stderr)
+        return 130, None
+
+
 def warn(prog, message):
     """Print ``<prog>: warning: <message>`` on stderr."""
     print(f"{prog}: warning: {message}", file=sys.stderr)

@@ -54,6 +54,7 @@ from data_prep.common import (  # noqa: E402
     build_atomically,
     check_destdir,
     install_signal_handlers,
+    run_reporting_errors,
 )
 
 PROG = "enwik8.py"
@@ -443,19 +444,19 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     destdir = os.path.abspath(args.destdir)
-    try:
+
+    def prepare():
         if args.workers < 1:
             raise PrepError(f"--workers must be at least 1, got {args.workers}")
         inputs = [("--enwik8", args.enwik8)] if args.enwik8 is not None else [("--text", p) for p in args.text or ()]
         check_destdir(destdir, args.force, inputs)
         splits = _load_splits(args)
         build_data_bin(splits, destdir, args.keep_text, args.force, inputs)
-    except PrepError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: error: interrupted; partial output removed", file=sys.stderr)
-        return 130
+        return splits
+
+    code, splits = run_reporting_errors(PROG, prepare)
+    if code:
+        return code
     _print_summary(splits, destdir, args.keep_text)
     return 0
 

@@ -103,6 +103,7 @@ from data_prep.common import (  # noqa: E402
     install_signal_handlers,
     run_guarded,
     warn,
+    run_reporting_errors,
 )
 from data_prep.enwik8 import _dictionary_sizes  # noqa: E402
 
@@ -917,7 +918,7 @@ def main(argv=None):
     destdir = os.path.abspath(args.destdir)
     args.input_dir = os.path.abspath(args.input_dir)
     text = args.task in _TEXT_PLANS
-    try:
+    def prepare():
         if text and args.workers < 1:
             raise PrepError(f"--workers must be at least 1, got {args.workers}")
         if text and args.max_length < 1:
@@ -928,14 +929,14 @@ def main(argv=None):
             plan = _TEXT_PLANS[args.task](args)
             build = lambda tmpdir: build_text_task(plan, tmpdir, args.workers, args.keep_text)  # noqa: E731
         else:
+            plan = None
             build = lambda tmpdir: _IMAGE_BUILDERS[args.task](args, tmpdir)  # noqa: E731
-        stats = build_atomically(destdir, args.force, inputs, build, PROG)
-    except PrepError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: error: interrupted; partial output removed", file=sys.stderr)
-        return 130
+        return plan, build_atomically(destdir, args.force, inputs, build, PROG)
+
+    code, result = run_reporting_errors(PROG, prepare)
+    if code:
+        return code
+    plan, stats = result
     if text:
         print_summary(args.task, destdir, stats, inputs=plan.inputs,
                       unit="bytes" if plan.byte_level else "tokens", byte_level=plan.byte_level)

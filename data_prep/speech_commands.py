@@ -66,6 +66,7 @@ from data_prep.common import (  # noqa: E402
     build_atomically,
     check_destdir,
     install_signal_handlers,
+    run_reporting_errors,
 )
 
 PROG = "speech_commands.py"
@@ -269,17 +270,16 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     destdir = os.path.abspath(args.destdir)
     root = os.path.abspath(args.input_dir)
-    try:
+    def prepare():
         inputs = [("--input-dir", root)]
         check_destdir(destdir, args.force, inputs)
         splits = plan_splits(root)
-        stats, meta = build_atomically(destdir, args.force, inputs, lambda tmpdir: build(splits, tmpdir), PROG)
-    except PrepError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: error: interrupted; partial output removed", file=sys.stderr)
-        return 130
+        return build_atomically(destdir, args.force, inputs, lambda tmpdir: build(splits, tmpdir), PROG)
+
+    code, result = run_reporting_errors(PROG, prepare)
+    if code:
+        return code
+    stats, meta = result
     print_summary(destdir, stats, meta)
     return 0
 

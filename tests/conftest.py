@@ -31,53 +31,17 @@ def _seed():
 
 PLUGIN_DIR = os.path.join(REPO_ROOT, "seqboat_fairseq")
 
-
-def write_byte_dictionary(directory, symbols=256):
-    """A fairseq dict.txt over byte tokens "0".."255" (what data_prep/enwik8.py produces)."""
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "dict.txt"), "w") as f:
-        for i in range(symbols):
-            f.write(f"{i} {1000 - i}\n")
-    return str(directory)
+from seqboat_fairseq.testing import build_from_cli, write_byte_dictionary, write_lra_dictionaries  # noqa: E402,F401
 
 
 def build_lm(data_dir, *cli_args):
     """Builds a SeqBoat LM exactly as fairseq-train would, from command-line arguments."""
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(
-        parser, [str(data_dir), "--user-dir", PLUGIN_DIR, "--task", "language_modeling", *cli_args])
-    cfg = convert_namespace_to_omegaconf(args)
-    task = tasks.setup_task(cfg.task)
-    return task.build_model(cfg.model), task, cfg
-
-
-def write_lra_dictionaries(directory, symbols=("[MAX", "[MIN", "[MED", "[SM", "]", *map(str, range(10))),
-                           labels=tuple(map(str, range(10))), two_documents=False):
-    """The dict.txt files an lra-text data directory needs (``src-bin``, ``label-bin``)."""
-    for sub, entries in (("src-bin", symbols), ("label-bin", labels)):
-        os.makedirs(os.path.join(directory, sub), exist_ok=True)
-        with open(os.path.join(directory, sub, "dict.txt"), "w") as f:
-            f.writelines(f"{s} {1000 - i}\n" for i, s in enumerate(entries))
-    if two_documents:
-        os.makedirs(os.path.join(directory, "src1-bin"), exist_ok=True)
-    return str(directory)
+    return build_from_cli(data_dir, "language_modeling", *cli_args)
 
 
 def build_lra(data_dir, task, *cli_args):
     """Builds an LRA model exactly as fairseq-train would, from command-line arguments."""
-    from fairseq import options, tasks
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
-
-    parser = options.get_training_parser()
-    args = options.parse_args_and_arch(
-        parser, [str(data_dir), "--user-dir", PLUGIN_DIR, "--task", task, "--criterion", "lra_cross_entropy",
-                 *cli_args])
-    cfg = convert_namespace_to_omegaconf(args)
-    task_obj = tasks.setup_task(cfg.task)
-    return task_obj.build_model(cfg.model), task_obj, cfg
+    return build_from_cli(data_dir, task, "--criterion", "lra_cross_entropy", *cli_args)
 
 
 def run_module(module, *args, cwd=REPO_ROOT, check=True, timeout=900, stdin=None, env=None):
@@ -244,3 +208,10 @@ def assert_partially_active(active, padding_mask=None, window=None, what="activa
         f"{what}: not partial per row: {counts.tolist()} of {lengths.tolist()} tokens active"
     if window is not None:
         assert bool((counts > window + 1).all()), f"{what}: window {window} never binds: {counts.tolist()} active"
+
+
+def pytest_collection_modifyitems(items):
+    """Every slow test that is not a learning check is an end-to-end run: ``-m e2e`` / ``-m learning``."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("learning"):
+            item.add_marker(pytest.mark.e2e)

@@ -266,6 +266,7 @@ def run_learning_check(root, seed):
 
 
 @pytest.mark.slow
+@pytest.mark.learning
 def test_listops_learns(tmp_path):
     """A small SeqBoat learns short ListOps well above the majority class within ~500 updates.
 

@@ -7,7 +7,6 @@ caps generation at it; a model trained at 64 tokens used to evaluate 0 tokens at
 import re
 
 import pytest
-import torch
 
 from conftest import PLUGIN_DIR, run_module, train_tiny_lm
 

@@ -8,7 +8,8 @@ import types
 import pytest
 import torch
 
-from conftest import assert_close, build_lm, write_byte_dictionary
+from conftest import (assert_branches_matter, assert_close, assert_partially_active, build_lm,
+                      write_byte_dictionary)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,9 @@ D, H, Z, N, V, LAYERS = 16, 24, 8, 4, 208, 2
 
 
 def upstream_state_dict():
-    """A state dict in upstream's layout (spec section 12.1), rotary + affine final LayerNorm."""
+    """A state dict in upstream's layout (``decoder.layers.{i}.slag_layer.*``), rotary + affine final
+    LayerNorm; the router rows of ``hx_proj`` and q/k gamma are drawn large so that every row is
+    partially active and attention is far from uniform (the test asserts both)."""
     g = torch.Generator().manual_seed(1)
     rnd = lambda *shape: torch.randn(*shape, generator=g) * 0.3  # noqa: E731
     sd = {"decoder.version": torch.tensor([3.0]), "decoder.embed_tokens.weight": rnd(V, D)}
@@ -130,13 +133,15 @@ def upstream_state_dict():
             p + "hx_proj.weight": rnd(2 + D, D), p + "hx_proj.bias": rnd(2 + D),
             p + "h_proj.weight": rnd(D, H), p + "h_proj.bias": rnd(D),
         })
+        sd[p + "hx_proj.weight"][:2] = torch.randn(2, D, generator=g) * 2.0  # router logits
+        sd[p + "gamma"] = torch.randn(2, Z, generator=g) * 1.5
     sd["decoder.final_norm.norm.weight"] = 1 + rnd(D)
     sd["decoder.final_norm.norm.bias"] = rnd(D)
     sd["decoder.output_projection.weight"] = sd["decoder.embed_tokens.weight"]
     return sd
 
 
-# semantic role of each upstream unit tensor in our layer (written from spec 4.2 / 12.1)
+# semantic role of each upstream unit tensor in our layer (docs/design.md, "Models")
 ROLES = {
     "gamma": lambda l: l.gau.qk_gamma, "beta": lambda l: l.gau.qk_beta,
     "norm.norm.weight": lambda l: l.norm.norm.weight, "norm.norm.bias": lambda l: l.norm.norm.bias,
@@ -215,6 +220,11 @@ def test_upstream_checkpoint_loads_and_maps_every_tensor(tmp_path, data_dir):
     logits2, _ = reloaded[0].eval()(tokens)
     assert_close("upstream vs own layout", logits2, logits, atol=0)
     assert torch.isfinite(logits).all()
+    # the loaded GAUs and position handling decide the logits (the comparison above is exact)
+    _, extra = model(tokens)
+    for activation in extra["activations"]:
+        assert_partially_active(activation.active, what="upstream LM layer")
+    assert_branches_matter("upstream LM", model, lambda m: m(tokens)[0], atol=1e-6)
 
 
 def test_unknown_pickled_object_is_still_refused(tmp_path):

@@ -9,7 +9,6 @@ Logs ``loss`` in bits (per sentence with ``--sentence-avg``, as every LRA recipe
 import math
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass

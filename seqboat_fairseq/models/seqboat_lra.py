@@ -8,7 +8,6 @@
     -> Linear -> dropout -> GELU -> Linear (no bias) -> class logits
 """
 
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
