@@ -120,7 +120,7 @@ FIRST_TOKEN, VOCAB = 4, 260
 def build_lm(*cli_args: str):
     """A model built exactly as fairseq-train would (bench/common.py), in eval mode."""
     model, task = build_from_cli(*cli_args)
-    return model.eval(), task
+    return model.to(DEVICE).eval(), task
 
 
 def state_tensors(state, prefix: str = "") -> Dict[str, torch.Tensor]:
@@ -149,7 +149,13 @@ def clone_state(state):
     return state
 
 
+DEVICE = torch.device("cpu")  # --device
+
+
 def now_ms() -> float:
+    """Wall clock; on a GPU after the queued work has finished."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() * 1000.0
 
 
@@ -253,8 +259,8 @@ class SeqBoatContestant(Contestant):
         self.model, self.context, self.layers = model, context, model.decoder.layers
         bsz, dim = args.batch_size, model.decoder.embed_tokens.embedding_dim
         steps = (args.warmup + args.steps) * (args.retries + 1)
-        self.tokens = torch.randint(FIRST_TOKEN, VOCAB, (bsz, context + steps + 8), generator=gen)  # + profile
-        self.xs = torch.randn(steps + 1, len(self.layers), bsz, dim, generator=gen)
+        self.tokens = torch.randint(FIRST_TOKEN, VOCAB, (bsz, context + steps + 8), generator=gen).to(DEVICE)  # + profile
+        self.xs = torch.randn(steps + 1, len(self.layers), bsz, dim, generator=gen).to(DEVICE)
         self.incremental_state: Dict = {}
         start = now_ms()
         model(self.tokens[:, :context], incremental_state=self.incremental_state)  # one parallel pass
@@ -332,7 +338,8 @@ def fill_kv_cache(attn, incremental_state: Dict, bsz: int, context: int, gen: to
     """Sets one fairseq MultiheadAttention's cache to ``context`` random keys/values, in the
     layout fairseq stores itself (``(B, heads, c, head_dim)``). Returns its size in bytes."""
     shape = (bsz, attn.num_heads, context, attn.head_dim)
-    buffer = {"prev_key": torch.randn(shape, generator=gen), "prev_value": torch.randn(shape, generator=gen),
+    buffer = {"prev_key": torch.randn(shape, generator=gen).to(DEVICE),
+              "prev_value": torch.randn(shape, generator=gen).to(DEVICE),
               "prev_key_padding_mask": None}
     attn._set_input_buffer(incremental_state, buffer)
     return state_bytes(buffer)
@@ -347,8 +354,8 @@ class TransformerContestant(Contestant):
         self.model, self.context, self.layers = model, context, model.decoder.layers
         bsz, dim = args.batch_size, model.decoder.embed_dim
         steps = (args.warmup + args.steps) * (args.retries + 1)
-        self.tokens = torch.randint(FIRST_TOKEN, VOCAB, (bsz, context + 2 * steps + 1), generator=gen)
-        self.xs = torch.randn(steps + 1, len(self.layers), 1, bsz, dim, generator=gen)
+        self.tokens = torch.randint(FIRST_TOKEN, VOCAB, (bsz, context + 2 * steps + 1), generator=gen).to(DEVICE)
+        self.xs = torch.randn(steps + 1, len(self.layers), 1, bsz, dim, generator=gen).to(DEVICE)
         self.incremental_state: Dict = {}
         self.layer_bytes = [fill_kv_cache(layer.self_attn, self.incremental_state, bsz, context, gen)
                             for layer in self.layers]
@@ -406,7 +413,7 @@ def bench_upstream(model, context: int, args, gen: torch.Generator, quiet: "Quie
     truncation = layer.ema.truncation or context
     length = min(context, truncation)
     calls = args.upstream_warmup + args.upstream_steps
-    xs = torch.randn(calls, length, args.batch_size, dim, generator=gen)
+    xs = torch.randn(calls, length, args.batch_size, dim, generator=gen).to(DEVICE)
 
     def run():
         times = []
@@ -440,6 +447,7 @@ def get_parser():
     p.add_argument("--upstream-steps", type=int, default=5, help="timed calls of the upstream emulation")
     p.add_argument("--upstream-warmup", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the GPU)")
     p.add_argument("--heads", type=int, default=8, help="Transformer attention heads")
     p.add_argument("--ffn-dim", type=int, default=2464, help="Transformer FFN dim (4D = 2 x H)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
@@ -460,7 +468,9 @@ def get_parser():
 
 
 def main(argv=None):
+    global DEVICE
     args = get_parser().parse_args(argv)
+    DEVICE = torch.device(args.device)
     contexts = sorted(parse_int_list(args.contexts))
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:

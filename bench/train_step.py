@@ -50,6 +50,18 @@ def split_kind(kind: str):
     return kind, False
 
 
+def cuda_allocated_peak_mb(step) -> float:
+    """``torch.cuda.max_memory_allocated`` over one call of ``step``, on top of what was allocated before."""
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / MB
+
+
 def allocated_peak_mb(step) -> float:
     """Peak of the bytes torch's CPU allocator holds for one call of ``step`` on top of what was
     allocated before it (parameters, inputs): activations kept for backward, gradients and
@@ -97,6 +109,8 @@ def get_parser():
     p.add_argument("--ffn-dim", type=int, default=None, help="Transformer FFN dim (default 2D)")
     p.add_argument("--heads", type=int, default=None, help="Transformer heads (default D/64)")
     p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (GPU: times include a synchronize; "
+                                                   "alloc_mb is torch.cuda.max_memory_allocated)")
     p.add_argument("--optimizer-step", action="store_true", help="include an Adam step in each timed step")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--seed", type=int, default=0)
@@ -139,14 +153,15 @@ def run_worker(args) -> dict:
                          heads=args.heads, max_len=max_len, truncation=args.truncation,
                          rel_pos=args.rel_pos)
     model, task = build_from_cli(*cli, *(["--checkpoint-activations"] if checkpointed else []))
-    model.train()  # dropout is 0 anyway; training mode as in fairseq-train
+    device = torch.device(args.device)
+    model.to(device).train()  # dropout is 0 anyway; training mode as in fairseq-train
     # layers wrapped by --checkpoint-activations (fairseq's checkpoint_wrapper marks them)
     wrapped = sum(hasattr(layer, "precheckpoint_forward") for layer in model.decoder.layers)
     dictionary = task.target_dictionary
     lo = dictionary.nspecial  # byte symbols follow bos/pad/eos/unk
     g = torch.Generator().manual_seed(args.seed)
     tokens = torch.randint(lo, len(dictionary), (args.batch_size, args.seq_len + 1), generator=g)
-    inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    inputs, targets = tokens[:, :-1].contiguous().to(device), tokens[:, 1:].contiguous().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4) if args.optimizer_step else None
 
     base_rss = rss_mb()
@@ -160,7 +175,7 @@ def run_worker(args) -> dict:
         loss.backward()
         if optimizer is not None:
             optimizer.step()
-        last["extra"], last["loss"] = extra, float(loss.detach())
+        last["extra"], last["loss"] = extra, float(loss.detach())  # (a synchronize on a GPU)
 
     def usage():
         r = resource.getrusage(resource.RUSAGE_SELF)
@@ -188,7 +203,7 @@ def run_worker(args) -> dict:
     # after the RSS peak is read (the profiler's own memory stays out of it); gradients freed first,
     # so the step's zero_grad frees nothing and the count starts from parameters + inputs
     model.zero_grad(set_to_none=True)
-    alloc_peak = allocated_peak_mb(step)
+    alloc_peak = cuda_allocated_peak_mb(step) if device.type == "cuda" else allocated_peak_mb(step)
 
     rates = None
     activations = last["extra"].get("activations") if isinstance(last["extra"], dict) else None
@@ -208,7 +223,7 @@ def run_worker(args) -> dict:
         "act_rate_layers": None if rates is None else [round(r, 4) for r in rates],
         "params": count_parameters(model), "loss": round(last["loss"], 4),
         "threads": threads, "repeats": args.repeats, "warmup": args.warmup,
-        "dim": args.dim, "layers": args.layers, "rev": code_revision(),
+        "dim": args.dim, "layers": args.layers, "rev": code_revision(), "device": args.device,
     }
 
 
@@ -236,7 +251,7 @@ def run_pair(args, kind: str, seq_len: int) -> dict:
 def run_pair_once(args, kind: str, seq_len: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--model", kind, "--seq-len", str(seq_len)]
     for name in ("seq_lens", "repeats", "warmup", "wait_quiet", "quiet_threshold", "max_tries", "dim", "layers", "hidden_dim", "z_dim", "n_dim", "window",
-                 "truncation", "rel_pos", "ffn_dim", "heads", "batch_size", "threads", "seed"):
+                 "truncation", "rel_pos", "ffn_dim", "heads", "batch_size", "threads", "seed", "device"):
         cmd += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     if args.optimizer_step:
         cmd.append("--optimizer-step")

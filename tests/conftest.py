@@ -23,10 +23,18 @@ def assert_close(name, actual, expected, atol=1e-5, rtol=0.0):
     assert ok, f"{name}: max abs err {max_abs:.3e}, max rel err {max_rel:.3e} (atol={atol}, rtol={rtol})"
 
 
+# SEQBOAT_TEST_DEVICE=cuda runs the module tests with CUDA as the default device (bench/device_check.sh)
+TEST_DEVICE = torch.device(os.environ.get("SEQBOAT_TEST_DEVICE", "cpu"))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-    yield
+    if TEST_DEVICE.type == "cpu":
+        yield
+    else:
+        with torch.device(TEST_DEVICE):
+            yield
 
 
 PLUGIN_DIR = os.path.join(REPO_ROOT, "seqboat_fairseq")

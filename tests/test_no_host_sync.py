@@ -4,15 +4,13 @@ can be captured in a CUDA graph. On CUDA (``SEQBOAT_TEST_DEVICE=cuda``) torch's 
 debug mode checks the same; on CPU the conversions are patched to raise."""
 
 import contextlib
-import os
 
 import pytest
 import torch
 
+from conftest import TEST_DEVICE as DEVICE
 from conftest import build_lm, write_byte_dictionary
 from seqboat_fairseq.modules.seqboat_layer import SeqBoatLayer
-
-DEVICE = torch.device(os.environ.get("SEQBOAT_TEST_DEVICE", "cpu"))
 CONVERSIONS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "numpy", "cpu")
 
 
