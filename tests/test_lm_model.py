@@ -235,3 +235,36 @@ def test_unknown_pickled_object_is_still_refused(tmp_path):
     torch.save({"model": {}, "payload": pickle.PickleError()}, path)
     with pytest.raises(pickle.UnpicklingError, match="Unsupported global"):
         torch.load(path)
+
+
+def _to_upstream_layout(state_dict, unit, ours):
+    """Our keys -> upstream's: ``{ours}{i}.X`` -> ``{ours}{i}.{unit}.<upstream X>``, FFN beside the unit."""
+    from seqboat_fairseq.modules.seqboat_layer import UPSTREAM_KEY_MAP
+
+    inverse = {new: old for old, new in UPSTREAM_KEY_MAP.items()}
+    out = {}
+    for key, value in state_dict.items():
+        if not key.startswith(ours):
+            out[key] = value
+            continue
+        index, rest = key[len(ours):].split(".", 1)
+        if rest.startswith("ffn."):
+            out[f"{ours}{index}.nffn.{rest[4:]}"] = value
+            continue
+        for new, old in inverse.items():
+            if rest == new or (new.endswith(".") and rest.startswith(new)):
+                rest = old + rest[len(new):]
+                break
+        out[f"{ours}{index}.{unit}.{rest}"] = value
+    return out
+
+
+def test_upstream_layout_with_ffn_round_trips(data_dir):
+    """Upstream keeps each unit's FFN beside it (``layers.{i}.nffn.``): it maps to ``layers.{i}.ffn.``."""
+    model, _, _ = build_lm(data_dir, "--arch", "seqboat_lm_tiny", "--decoder-ffn-embed-dim", "24")
+    ours = model.state_dict()
+    upstream = _to_upstream_layout(ours, "slag_layer", "decoder.layers.")
+    assert any(".nffn." in k for k in upstream) and any(".slag_layer.mx_proj." in k for k in upstream)
+    model.upgrade_state_dict_named(upstream, "")
+    assert sorted(upstream) == sorted(ours)
+    assert all(torch.equal(upstream[k], ours[k]) for k in ours)

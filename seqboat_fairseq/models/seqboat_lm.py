@@ -240,8 +240,6 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
         prefix = f"{name}." if name else ""
         for i in range(len(self.layers)):
             upgrade_upstream_layer_keys(state_dict, f"{prefix}layers.{i}.slag_layer.", f"{prefix}layers.{i}.")
-            for key in [k for k in state_dict if k.startswith(f"{prefix}layers.{i}.nffn.")]:
-                state_dict[key.replace(".nffn.", ".ffn.", 1)] = state_dict.pop(key)
         state_dict.pop(f"{prefix}version", None)
         saved = state_dict.get(f"{prefix}embed_tokens.weight")
         if saved is not None and saved.size(0) != self.embed_tokens.num_embeddings:

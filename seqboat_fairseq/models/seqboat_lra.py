@@ -248,9 +248,6 @@ class SeqBoatLRAModel(BaseFairseqModel):
         old = f"{prefix}encoder.encoder."
         for i in range(len(self.encoder.layers)):
             upgrade_upstream_layer_keys(state_dict, f"{old}layers.{i}.mega_layer.", f"{prefix}encoder.layers.{i}.")
-            for key in [k for k in state_dict if k.startswith(f"{old}layers.{i}.nffn.")]:
-                state_dict[key.replace(f"{old}layers.{i}.nffn.", f"{prefix}encoder.layers.{i}.ffn.")] = \
-                    state_dict.pop(key)
         for up, ours in UPSTREAM_LRA_KEYS.items():
             for key in [k for k in state_dict if k.startswith(prefix + up)]:
                 state_dict[prefix + ours + key[len(prefix + up):]] = state_dict.pop(key)

@@ -265,7 +265,8 @@ UPSTREAM_KEY_MAP: Dict[str, str] = {
 
 def upgrade_upstream_layer_keys(state_dict: Dict[str, Tensor], old_prefix: str, new_prefix: str) -> None:
     """Renames, in place, the keys of one upstream unit saved under ``old_prefix`` (e.g.
-    ``decoder.layers.3.slag_layer.``) to this layer's names under ``new_prefix``."""
+    ``decoder.layers.3.slag_layer.``) to this layer's names under ``new_prefix``, and the unit's
+    FFN, which upstream keeps beside it (``decoder.layers.3.nffn.``), to ``new_prefix + "ffn."``."""
     for key in [k for k in state_dict if k.startswith(old_prefix)]:
         rest = key[len(old_prefix):]
         for old, new in UPSTREAM_KEY_MAP.items():
@@ -273,3 +274,6 @@ def upgrade_upstream_layer_keys(state_dict: Dict[str, Tensor], old_prefix: str, 
                 rest = new + rest[len(old):]
                 break
         state_dict[new_prefix + rest] = state_dict.pop(key)
+    ffn_prefix = old_prefix.rstrip(".").rsplit(".", 1)[0] + ".nffn."
+    for key in [k for k in state_dict if k.startswith(ffn_prefix)]:
+        state_dict[new_prefix + "ffn." + key[len(ffn_prefix):]] = state_dict.pop(key)
