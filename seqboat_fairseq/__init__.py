@@ -15,6 +15,7 @@ from . import generation  # noqa: F401  (--task multiline_language_modeling)
 from . import models  # noqa: F401
 from . import optim  # noqa: F401
 from . import tasks  # noqa: F401
+from . import quiet  # noqa: F401,E402  (Hydra deprecation filters; see quiet.py)
 from . import training_safety  # noqa: F401  (atomic checkpoint copies, resume fallback, save-dir lock)
 
 __version__ = "0.1.0"

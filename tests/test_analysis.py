@@ -1,6 +1,8 @@
 """The RQ2 activation analysis (``python -m seqboat_fairseq.analysis.activation``) on tiny real
 fairseq checkpoints: lra-image (figures, heat maps, numbers recomputed from the model), lra-text
-with padding, Retrieval (two documents), a language model, and the error messages."""
+with padding, Retrieval (two documents), a language model, and the error messages; the heat maps'
+data-fitted colour scale, the CSV's column description and the check that every requested sample
+is measured."""
 
 import csv
 import json
@@ -28,12 +30,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def save_checkpoint(path, model, cfg, criterion):
+def save_checkpoint(path, model, cfg, criterion, extra_state=None):
     """A checkpoint in fairseq's own format (what fairseq-train writes, minus optimizer state)."""
     torch.save({"cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "model": model.state_dict(),
                 "optimizer_history": [{"criterion_name": criterion, "optimizer_name": "FairseqAdam",
                                        "lr_scheduler_state": {"best": 0.0}, "num_updates": 0}],
-                "extra_state": {}}, path)
+                "extra_state": extra_state or {}}, path)
     return str(path)
 
 
@@ -54,6 +56,13 @@ def run_main(*args):
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def assert_columns_explained(out, rows):
+    """activation_time_columns.md, beside the CSV, explains exactly the CSV's columns, in order."""
+    text = (out / "activation_time_columns.md").read_text()
+    explained = [line.split("`")[1] for line in text.splitlines() if line.startswith("| `")]
+    assert explained == list(rows[0]), (explained, list(rows[0]))
 
 
 def png_size(path):
@@ -81,10 +90,8 @@ def image_setup(tmp_path_factory):
             images[i, t, (t + 5 * i) % 32] = 255
     images = images.reshape(N_IMAGES, 1024)
     labels = [i % 2 for i in range(N_IMAGES)]
-    with open(data / "input" / "valid.src", "w") as f:
-        f.writelines(" ".join(map(str, row)) + "\n" for row in images)
-    with open(data / "label" / "valid.label", "w") as f:
-        f.writelines(f"{y}\n" for y in labels)
+    np.save(data / "input" / "valid.npy", images.astype(np.uint8))  # the layout data_prep/lra.py writes
+    np.save(data / "label" / "valid.npy", np.array(labels, dtype=np.int64))
     torch.manual_seed(0)
     model, _, cfg = build_lra(data, "lra-image", "--arch", "seqboat_lra_pf32", *TINY_LRA)
     path = save_checkpoint(root / "checkpoint_best.pt", model, cfg, "LRACrossEntropyCriterion")
@@ -143,6 +150,8 @@ def test_image_command_writes_figures_and_numbers_that_match_the_model(image_set
     rows = read_csv(out / "activation_time.csv")
     assert len(rows) == ANALYSED
     assert list(rows[0]) == ["sample", "n_tokens", "label", "prediction", "correct", "layer_0", "layer_1", "mean"]
+    assert_columns_explained(out, rows)
+    assert str(out / "activation_time_columns.md") in proc.stdout  # listed with the files written
     for i, row in enumerate(rows):
         assert int(row["sample"]) == i and int(row["n_tokens"]) == 1024
         assert int(row["label"]) == labels[i] and int(row["prediction"]) == predictions[i]
@@ -151,7 +160,8 @@ def test_image_command_writes_figures_and_numbers_that_match_the_model(image_set
 
 
 def test_heatmap_inputs_are_the_denormalised_image_and_the_router_confidence(image_setup, one_thread):
-    from seqboat_fairseq.analysis.activation import analyse, load_seqboat_checkpoint, load_split
+    from seqboat_fairseq.analysis.load import load_seqboat_checkpoint, load_split
+    from seqboat_fairseq.analysis.measure import analyse
 
     loaded = load_seqboat_checkpoint(image_setup["path"], str(image_setup["data"]))
     dataset = load_split(loaded.task, "valid")
@@ -165,6 +175,69 @@ def test_heatmap_inputs_are_the_denormalised_image_and_the_router_confidence(ima
         expected = torch.stack([a.confidence[k] for a in extra["activations"][0]]).numpy()
         np.testing.assert_allclose(item.confidence, expected, atol=1e-6)
         assert (item.confidence[expected == 0] == 0).all() and (item.confidence[expected > 0] >= 0.5).all()
+        active = torch.stack([a.active[k] for a in extra["activations"][0]]).numpy()
+        np.testing.assert_array_equal(item.active, active)
+        np.testing.assert_array_equal(item.active, expected > 0)
+
+
+def test_heatmap_colour_scale_fits_the_active_tokens(tmp_path):
+    """Active tokens' confidences in 0.5-0.6 (what trained routers give): the colour scale spans
+    their 2nd-98th percentile, not 0-1, skipped tokens are masked (grey), and the colour bar says so."""
+    from seqboat_fairseq.analysis.measure import HeatmapInput
+    from seqboat_fairseq.analysis.plots import PERCENTILES, confidence_range, plot_confidence
+
+    rng = np.random.RandomState(3)
+    active = rng.rand(2, 256) < 0.6
+    confidence = np.where(active, rng.uniform(0.5, 0.6, size=active.shape), 0.0)
+    vmin, vmax = confidence_range(confidence, active)
+    assert (vmin, vmax) == pytest.approx(tuple(np.percentile(confidence[active], PERCENTILES)))
+    assert 0.5 <= vmin < 0.51 and 0.59 < vmax <= 0.6
+
+    item = HeatmapInput(7, rng.randint(0, 256, size=256).astype(np.float64), confidence, active,
+                        active.mean(1).tolist(), 1, 0)
+    fig = plot_confidence(str(tmp_path / "confidence_7.png"), item, "title")
+    assert png_size(tmp_path / "confidence_7.png")[0] == "PNG"
+    maps = [image for ax in fig.axes for image in ax.get_images()][1:]  # after the input image
+    assert len(maps) == 2
+    for layer, image in enumerate(maps):
+        assert image.get_clim() == pytest.approx((vmin, vmax))
+        np.testing.assert_array_equal(np.ma.getmaskarray(image.get_array()).ravel(), ~active[layer])
+        # the active tokens use the whole colour map (on a 0-1 scale they would span a tenth of it)
+        assert np.ptp(np.clip(image.norm(confidence[layer][active[layer]]), 0, 1)) > 0.95
+    label = fig.axes[-1].get_ylabel()
+    assert "active tokens" in label and "p2-p98" in label and f"{vmin:.3f}-{vmax:.3f}" in label
+
+    # degenerate inputs: no active token; all confidences equal
+    assert confidence_range(np.zeros((2, 4)), np.zeros((2, 4), dtype=bool)) == (0.5, 1.0)
+    low, high = confidence_range(np.ones((2, 4)), np.ones((2, 4), dtype=bool))
+    assert high == 1.0 and 0 < high - low < 0.01
+
+
+def test_every_requested_sample_is_measured(image_setup, tmp_path, monkeypatch, capsys, one_thread):
+    """Batches from the task's iterator (a batch size that does not divide the count) measure each
+    sample exactly once; an iterator that loses one fails the command: no rate over fewer samples."""
+    from seqboat_fairseq.analysis.load import AnalysisError, load_seqboat_checkpoint, load_split
+    from seqboat_fairseq.analysis.measure import AnalysisResult, SequenceRecord, analyse, check_complete
+    from seqboat_fairseq.tasks.lra import LRAClassificationDataset
+
+    loaded = load_seqboat_checkpoint(image_setup["path"], str(image_setup["data"]))
+    dataset = load_split(loaded.task, "valid")
+    result = analyse(loaded, dataset, max_samples=5, batch_size=2)
+    assert [r.sample for r in result.records] == list(range(5))
+
+    ordered_indices = LRAClassificationDataset.ordered_indices
+    monkeypatch.setattr(LRAClassificationDataset, "ordered_indices", lambda self: ordered_indices(self)[1:])
+    with pytest.raises(AnalysisError, match=r"measured 4 sequences .* 5 samples were asked for \(missing: \[0\]"):
+        analyse(loaded, dataset, max_samples=5, batch_size=2)
+    out = tmp_path / "out"
+    assert run_main("--path", image_setup["path"], "--data", image_setup["data"], "--out-dir", out, "--cpu") == 1
+    captured = capsys.readouterr()
+    assert f"measured {N_IMAGES - 1} sequences" in captured.err and "layer" not in captured.out
+    assert not out.exists(), "nothing is written"
+
+    duplicated = AnalysisResult(requested=2, records=[SequenceRecord(i, None, 4, [1]) for i in (0, 1, 1)])
+    with pytest.raises(AnalysisError, match="duplicates: 1"):
+        check_complete(duplicated)
 
 
 # --------------------------------------------------------------------------- lra-text
@@ -213,6 +286,7 @@ def test_text_task_excludes_padding_and_reports_each_document(tmp_path, two_docu
     rows = read_csv(out / "activation_time.csv")
     assert len(rows) == 5 * len(folders)
     assert ("document" in rows[0]) == two_documents
+    assert_columns_explained(out, rows)
     for row in rows:
         n_tokens, rates = expected[int(row["sample"]), int(row.get("document", 0))]
         assert int(row["n_tokens"]) == n_tokens  # pads never count

@@ -5,6 +5,9 @@
 
       python -m seqboat_fairseq.analysis.activation --path CHECKPOINT --data DATA_DIR --out-dir OUT
 
+  The stages live in ``load``, ``measure``, ``summary``, ``output`` and ``plots``; ``cli`` is the
+  command line, ``activation`` its entry point.
+
 The submodules are imported lazily (they pull in matplotlib only when plotting), so importing
 ``seqboat_fairseq`` does not import them.
 """

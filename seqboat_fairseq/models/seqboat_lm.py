@@ -111,11 +111,16 @@ class SeqBoatLanguageModel(FairseqLanguageModel):
     @classmethod
     def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".", **kwargs):
         """fairseq's hub loader; ``task="multiline_language_modeling"`` (any registered task name)
-        loads the checkpoint under that task (fairseq itself would silently ignore a string)."""
+        loads the checkpoint under that task (fairseq itself would silently ignore a string). Logs
+        one summary line instead of fairseq's config dump (``seqboat_fairseq/quiet.py``)."""
         from ..generation import hub_task_override
+        from ..quiet import hub_loading, log_model_summary
 
-        return super().from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path,
-                                       **hub_task_override(kwargs))
+        with hub_loading():
+            hub = super().from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path,
+                                          **hub_task_override(kwargs))
+        log_model_summary(hub, model_name_or_path, checkpoint_file)
+        return hub
 
 
 class SeqBoatDecoder(FairseqIncrementalDecoder):
