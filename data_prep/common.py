@@ -251,7 +251,7 @@ def remove_stale_temporaries(parent, prog):
     removed, unknown = [], []
     for name in sorted(names):
         if not name.startswith(tuple(f".{kind}-{prep}-" for kind in ("tmp", "old")
-                                     for prep in ("enwik8", "lra", "speech_commands"))):
+                                     for prep in ("enwik8", "lra", "speech_commands", "sentencepiece_lm"))):
             continue
         path = os.path.join(parent, name)
         if os.path.islink(path) or not os.path.isdir(path):
