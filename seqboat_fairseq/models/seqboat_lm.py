@@ -21,7 +21,8 @@ from fairseq.models import (
 from torch import Tensor, nn
 
 from ..modules.norms import NORM_TYPES, SequenceNorm
-from ..modules.seqboat_layer import LayerActivation, SeqBoatLayer, upgrade_upstream_layer_keys
+from ..modules.seqboat_layer import LayerActivation, upgrade_upstream_layer_keys
+from .baselines import LAYER_TYPES, baseline_preset, build_layer, check_baseline_options
 from .checkpoint_activations import checkpoint_layers
 from .layer_options import check_layer_options, task_name
 from .presets import apply_preset, fill_base_defaults, preset_field
@@ -72,6 +73,13 @@ class SeqBoatLMConfig(FairseqDataclass):
     init_temp_scale: Optional[float] = preset_field(0.3, "router temperature init: tau_0 = scale * sqrt(D)")
     always_act: Optional[bool] = preset_field(
         False, "no router: every token runs the GAU (static MEGA-style hybrid)")
+    chunked_attention: Optional[bool] = preset_field(
+        False, "MEGA's chunked attention: tokens attend only inside fixed, non-overlapping chunks of "
+               "--decoder-chunk-size tokens (with --always-act: the MEGA-chunk baseline, --arch mega_chunk_lm_*)")
+    layer_type: Optional[ChoiceEnum(list(LAYER_TYPES))] = preset_field(
+        "seqboat", "seqboat layers, or spade: the SPADE baseline (--arch spade_lm_*): MD-EMA beside "
+                   "sliding-window attention (window --decoder-chunk-size) in the bottom layer, sliding-window "
+                   "attention and an FFN (--decoder-ffn-embed-dim) in the others; router options are ignored")
     share_decoder_input_output_embed: Optional[bool] = preset_field(
         False, "tie the input embedding and the output projection")
     no_scale_embedding: Optional[bool] = preset_field(False, "do not scale embeddings by sqrt(D)")
@@ -143,7 +151,8 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
         self.dropout_module = nn.Dropout(args.dropout)
         truncation = args.truncation_length if args.truncation_length and args.truncation_length > 0 else None
         self.layers = nn.ModuleList([
-            SeqBoatLayer(
+            build_layer(
+                getattr(args, "layer_type", None), i,
                 dim, args.decoder_z_dim, args.decoder_hidden_dim, args.decoder_n_dim,
                 bidirectional=False, window=args.decoder_chunk_size, truncation=truncation,
                 norm_type=args.normalization_type, prenorm=args.normalize_before,
@@ -152,9 +161,9 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
                 init_temp_scale=args.init_temp_scale, always_active=args.always_act,
                 dropout=args.dropout, attention_dropout=args.attention_dropout,
                 hidden_dropout=args.hidden_dropout, ffn_dim=args.decoder_ffn_embed_dim,
-                activation_dropout=args.activation_dropout,
+                activation_dropout=args.activation_dropout, chunked=getattr(args, "chunked_attention", False),
             )
-            for _ in range(args.decoder_layers)
+            for i in range(args.decoder_layers)
         ])
         checkpoint_layers(self.layers, args)  # --checkpoint-activations / --offload-activations
         self.final_norm = (
@@ -286,6 +295,8 @@ def check_lm_options(args) -> None:
               "--decoder-input-dim": args.decoder_input_dim or args.decoder_embed_dim},
         chunk_size={"--decoder-chunk-size": args.decoder_chunk_size},
         truncation={"--truncation-length": args.truncation_length})
+    check_baseline_options(chunked=getattr(args, "chunked_attention", False), chunk_flag="--decoder-chunk-size",
+                           chunk_size=args.decoder_chunk_size)
     if args.activation_fn != "silu":
         raise ValueError(f"--activation-fn {args.activation_fn} is not supported; SeqBoat uses silu")
     limit = position_limit(args)
@@ -359,3 +370,37 @@ def slag_lm_enwik8_base_v2(args):
 @register_model_architecture("seqboat_lm", "slag_lm_enwik8_large")
 def slag_lm_enwik8_large(args):
     _slag_preset(args, 20, 512, 1024, 128)
+
+
+# --------------------------------------------------------------------------- baselines (issue 11)
+# The two hybrids SeqBoat's paper argues against, built from the same modules and trained,
+# scored and decoded by the same tools (docs/design.md, 'Baselines'). Each preset is the SeqBoat
+# preset it is compared with, plus the baseline's options; everything else (width, depth, MD-EMA,
+# positions, dropout, the span c = w of the attention) is the same, and the user's flags still win.
+@register_model_architecture("seqboat_lm", "mega_chunk_lm_tiny")
+def mega_chunk_lm_tiny(args):
+    """MEGA-chunk beside ``seqboat_lm_tiny``: no router, every token through MD-EMA and the GAU,
+    attention inside fixed chunks of c = 32 tokens."""
+    baseline_preset(args, seqboat_lm_tiny, always_act=True, chunked_attention=True)
+
+
+@register_model_architecture("seqboat_lm", "mega_chunk_lm_enwik8_base")
+def mega_chunk_lm_enwik8_base(args):
+    """MEGA-chunk beside ``seqboat_lm_enwik8_base``: 14 x D616, chunks of c = 1024 tokens (SeqBoat's
+    working memory w): 2,780,648 parameters per layer, SeqBoat's less its router's 1,235."""
+    baseline_preset(args, seqboat_lm_enwik8_base, always_act=True, chunked_attention=True)
+
+
+@register_model_architecture("seqboat_lm", "spade_lm_tiny")
+def spade_lm_tiny(args):
+    """SPADE beside ``seqboat_lm_tiny``: MD-EMA beside a sliding window of w = 32 tokens in the bottom
+    layer, window attention + an FFN of 8 in both layers (parameter count matched)."""
+    baseline_preset(args, seqboat_lm_tiny, layer_type="spade", decoder_ffn_embed_dim=8)
+
+
+@register_model_architecture("seqboat_lm", "spade_lm_enwik8_base")
+def spade_lm_enwik8_base(args):
+    """SPADE beside ``seqboat_lm_enwik8_base``: 14 x D616, MD-EMA beside a sliding window of
+    w = 1024 tokens in the bottom layer, window attention + an FFN of 294 in every layer
+    (parameter count matched)."""
+    baseline_preset(args, seqboat_lm_enwik8_base, layer_type="spade", decoder_ffn_embed_dim=294)

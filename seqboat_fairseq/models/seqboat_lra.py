@@ -19,7 +19,8 @@ from fairseq.modules.fairseq_dropout import FairseqDropout
 from torch import Tensor, nn
 
 from ..modules.norms import NORM_TYPES, SequenceNorm
-from ..modules.seqboat_layer import LayerActivation, SeqBoatLayer, upgrade_upstream_layer_keys
+from ..modules.seqboat_layer import LayerActivation, upgrade_upstream_layer_keys
+from .baselines import LAYER_TYPES, baseline_preset, build_layer, check_baseline_options
 from .checkpoint_activations import checkpoint_layers
 from .layer_options import check_layer_options, task_name
 from .presets import apply_preset, fill_base_defaults, preset_field
@@ -58,6 +59,13 @@ class SeqBoatLRAConfig(FairseqDataclass):
     init_temp_scale: Optional[float] = preset_field(0.3, "router tau_0 = scale * sqrt(D)")
     act_bias: Optional[float] = preset_field(0.0, "added to the router's skip logit (> 0: sparser)")
     always_act: Optional[bool] = preset_field(False, "no router: every token runs the GAU")
+    chunked_attention: Optional[bool] = preset_field(
+        False, "MEGA's chunked attention: tokens attend only inside fixed, non-overlapping chunks of --chunk-size "
+               "tokens (with --always-act: the MEGA-chunk baseline, --arch mega_chunk_lra_*)")
+    layer_type: Optional[ChoiceEnum(list(LAYER_TYPES))] = preset_field(
+        "seqboat", "seqboat layers, or spade: the SPADE baseline (--arch spade_lra_*): MD-EMA beside "
+                   "sliding-window attention (--chunk-size on each side) in the bottom layer, sliding-window "
+                   "attention and an FFN (--encoder-ffn-embed-dim) in the others; router options are ignored")
     add_apos: Optional[bool] = preset_field(False, "add scaled sinusoidal absolute positions")
     sen_rep_type: Optional[ChoiceEnum(["mp", "cls"])] = "${oc.select:task.sen_rep_type,null}"
     use_nli: Optional[bool] = preset_field(False, "Retrieval: also feed r0 * r1 and r0 - r1")
@@ -124,7 +132,8 @@ class SeqBoatLRAEncoder(nn.Module):
         self.dropout = FairseqDropout(cfg.dropout, module_name=type(self).__name__)
         truncation = cfg.truncation_length if cfg.truncation_length and cfg.truncation_length > 0 else None
         self.layers = nn.ModuleList([
-            SeqBoatLayer(
+            build_layer(
+                getattr(cfg, "layer_type", None), i,
                 dim, cfg.z_dim, cfg.encoder_hidden_dim, cfg.n_dim, bidirectional=True,
                 window=cfg.chunk_size, truncation=truncation, norm_type=cfg.norm_type,
                 prenorm=cfg.encoder_normalize_before, attention_activation=cfg.attention_activation_fn,
@@ -132,8 +141,9 @@ class SeqBoatLRAEncoder(nn.Module):
                 init_temp_scale=cfg.init_temp_scale, always_active=cfg.always_act, act_bias=cfg.act_bias,
                 dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, hidden_dropout=cfg.act_dropout,
                 ffn_dim=cfg.encoder_ffn_embed_dim, activation_dropout=cfg.act_dropout,
+                chunked=getattr(cfg, "chunked_attention", False),
             )
-            for _ in range(cfg.encoder_layers)
+            for i in range(cfg.encoder_layers)
         ])
         checkpoint_layers(self.layers, cfg)  # --checkpoint-activations / --offload-activations
         self.final_norm = SequenceNorm(cfg.norm_type, dim) if cfg.encoder_normalize_before else None
@@ -290,6 +300,8 @@ def check_lra_options(cfg, task) -> None:
               "--classifier-out-dim": cfg.classifier_out_dim, "--max-positions": cfg.max_positions},
         chunk_size={"--chunk-size": cfg.chunk_size},
         truncation={"--truncation-length": cfg.truncation_length})
+    check_baseline_options(chunked=getattr(cfg, "chunked_attention", False), chunk_flag="--chunk-size",
+                           chunk_size=cfg.chunk_size)
     arch = getattr(cfg, "_name", None) or getattr(cfg, "arch", None)
     task_input = getattr(getattr(task, "cfg", None), "input_type", None)
     if task_input is None or cfg.input_type is None:
@@ -459,3 +471,77 @@ def slag_sc_raw_base(args):
             attention_activation_fn="laplace", rel_pos_bias="simple", init_temp_scale=0.3, dropout=0.0,
             attention_dropout=0.0, act_dropout=0.0, add_apos=True,
             classifier_out_dim=2 * (getattr(args, "encoder_embed_dim", None) or 60), sentence_class_num=10)
+
+
+# --------------------------------------------------------------------------- baselines (issue 11)
+# The two hybrids SeqBoat's paper argues against, built from the same modules and run by the same
+# tasks and tools (docs/design.md, 'Baselines'). Each preset is the SeqBoat LRA preset of its task
+# plus the baseline's options; everything else (width, depth, MD-EMA, norms, positions, dropout,
+# the span c = w of the attention, the classifier) is the same, and the user's flags still win.
+#   mega_chunk_lra_<task>: no router, attention inside fixed chunks of c = w tokens;
+#   spade_lra_<task>:      MD-EMA beside window attention (w on each side) in the bottom layer,
+#                          window attention + an FFN in every layer, whose size makes the parameter
+#                          count that of the SeqBoat preset (within 0.04 %, tests/test_baselines.py).
+PRESET_INPUT_TYPES.update({f"{baseline}_lra_{task}": PRESET_INPUT_TYPES[f"seqboat_lra_{task}"]
+                           for baseline in ("mega_chunk", "spade")
+                           for task in ("listop", "imdb", "aan", "cifar10", "pf32", "pf128")})
+
+
+@register_model_architecture("seqboat_lra", "mega_chunk_lra_listop")
+def mega_chunk_lra_listop(args):
+    baseline_preset(args, seqboat_lra_listop, always_act=True, chunked_attention=True)
+
+
+@register_model_architecture("seqboat_lra", "mega_chunk_lra_imdb")
+def mega_chunk_lra_imdb(args):
+    baseline_preset(args, seqboat_lra_imdb, always_act=True, chunked_attention=True)
+
+
+@register_model_architecture("seqboat_lra", "mega_chunk_lra_aan")
+def mega_chunk_lra_aan(args):
+    baseline_preset(args, seqboat_lra_aan, always_act=True, chunked_attention=True)
+
+
+@register_model_architecture("seqboat_lra", "mega_chunk_lra_cifar10")
+def mega_chunk_lra_cifar10(args):
+    baseline_preset(args, seqboat_lra_cifar10, always_act=True, chunked_attention=True)
+
+
+@register_model_architecture("seqboat_lra", "mega_chunk_lra_pf32")
+def mega_chunk_lra_pf32(args):
+    baseline_preset(args, seqboat_lra_pf32, always_act=True, chunked_attention=True)
+
+
+@register_model_architecture("seqboat_lra", "mega_chunk_lra_pf128")
+def mega_chunk_lra_pf128(args):
+    baseline_preset(args, seqboat_lra_pf128, always_act=True, chunked_attention=True)
+
+
+@register_model_architecture("seqboat_lra", "spade_lra_listop")
+def spade_lra_listop(args):
+    baseline_preset(args, seqboat_lra_listop, layer_type="spade", encoder_ffn_embed_dim=80)
+
+
+@register_model_architecture("seqboat_lra", "spade_lra_imdb")
+def spade_lra_imdb(args):
+    baseline_preset(args, seqboat_lra_imdb, layer_type="spade", encoder_ffn_embed_dim=81)
+
+
+@register_model_architecture("seqboat_lra", "spade_lra_aan")
+def spade_lra_aan(args):
+    baseline_preset(args, seqboat_lra_aan, layer_type="spade", encoder_ffn_embed_dim=97)
+
+
+@register_model_architecture("seqboat_lra", "spade_lra_cifar10")
+def spade_lra_cifar10(args):
+    baseline_preset(args, seqboat_lra_cifar10, layer_type="spade", encoder_ffn_embed_dim=116)
+
+
+@register_model_architecture("seqboat_lra", "spade_lra_pf32")
+def spade_lra_pf32(args):
+    baseline_preset(args, seqboat_lra_pf32, layer_type="spade", encoder_ffn_embed_dim=96)
+
+
+@register_model_architecture("seqboat_lra", "spade_lra_pf128")
+def spade_lra_pf128(args):
+    baseline_preset(args, seqboat_lra_pf128, layer_type="spade", encoder_ffn_embed_dim=80)

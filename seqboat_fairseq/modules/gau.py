@@ -43,12 +43,15 @@ class GatedAttentionUnit(nn.Module):
         rel_pos: ``simple`` (learned bias of original-position offsets) or ``rotary``.
         local_pos: with ``simple`` and a window: bias of *slot* offsets (table of 6w - 1).
         dropout: applied to the GAU output in bidirectional mode only (upstream's asymmetry).
+        chunked: ``window`` is a chunk size c: MEGA's chunked attention (the MEGA-chunk baseline),
+            each slot attends only inside its fixed chunk of c slots (``local_attention.chunked_attention``);
+            the decoding memory is then the current chunk: c slots, reset at chunk boundaries.
     """
 
     def __init__(self, embed_dim: int, zdim: int, hdim: int, *, window: Optional[int],
                  bidirectional: bool, activation: str = "softmax", rel_pos: str = "simple",
                  max_positions: int = 1024, local_pos: bool = False, dropout: float = 0.0,
-                 attention_dropout: float = 0.0, hidden_dropout: float = 0.0):
+                 attention_dropout: float = 0.0, hidden_dropout: float = 0.0, chunked: bool = False):
         super().__init__()
         if activation not in ATTENTION_ACTIVATIONS:
             raise ValueError(f"--attention-activation-fn must be one of {ATTENTION_ACTIVATIONS}, got {activation!r}")
@@ -59,8 +62,12 @@ class GatedAttentionUnit(nn.Module):
         if local_pos and (rel_pos != "simple" or window is None):
             raise ValueError("--local-pos biases offsets inside the working memory: it needs --rel-pos-bias simple "
                              "and a positive --chunk-size / --decoder-chunk-size")
+        if chunked and (window is None or window <= 0):
+            raise ValueError("chunked attention (MEGA-chunk) needs a positive chunk size "
+                             "(--chunk-size / --decoder-chunk-size c > 0)")
         self.embed_dim, self.zdim, self.hdim = embed_dim, zdim, hdim
         self.window = window
+        self.chunked = chunked
         self.causal = not bidirectional
         self.activation = activation
         self.rotary = rel_pos == "rotary"
@@ -110,7 +117,7 @@ class GatedAttentionUnit(nn.Module):
         attended = local_attention(
             q, k, v, slot_valid, window=self.window, causal=self.causal,
             activation=self.activation, positions=self.bias_positions(positions),
-            bias=self.rel_pos, dropout=self.attention_dropout,
+            bias=self.rel_pos, dropout=self.attention_dropout, chunked=self.chunked,
         )
         return self.output(attended, r)
 
@@ -127,8 +134,14 @@ class GatedAttentionUnit(nn.Module):
     #   count (B,) activated tokens so far. A ring: the token of rank r lives in slot r % S.
     # S = w + 1 (the w previous activated tokens and the current one); SeqBoat-full keeps every
     # activated token, so S grows (doubling) to the number of tokens consumed.
+    # Chunked (MEGA-chunk): S = c, the current chunk. The token of rank r is in slot r % c; a query
+    # of rank r sees slots 0 .. r % c; the slots above hold the previous chunk and are masked, so
+    # crossing a chunk boundary resets the memory without touching it.
     def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> MemoryState:
-        slots = self.window + 1 if self.window is not None else 0
+        if self.chunked:
+            slots = self.window
+        else:
+            slots = self.window + 1 if self.window is not None else 0
         return {
             "key": torch.zeros(batch_size, slots, self.zdim, device=device, dtype=dtype),
             "value": torch.zeros(batch_size, slots, self.hdim, device=device, dtype=dtype),
@@ -171,13 +184,18 @@ class GatedAttentionUnit(nn.Module):
         write(state["position"], position.unsqueeze(1))
         write(state["rank"], rank.unsqueeze(1))
         count.add_(active.long())
-        valid = torch.arange(slots, device=s.device).unsqueeze(0) < count.clamp(max=slots).unsqueeze(1)
+        if self.chunked:  # the current chunk: slots 0 .. rank % c (the new token included)
+            valid = torch.arange(slots, device=s.device).unsqueeze(0) <= slot
+        else:
+            valid = torch.arange(slots, device=s.device).unsqueeze(0) < count.clamp(max=slots).unsqueeze(1)
         if self.local_pos:  # slot offsets: how many activated tokens back
             offsets = state["rank"] - rank.unsqueeze(1)
         else:
             offsets = state["position"] - position.unsqueeze(1)
-        attended = memory_attention(q[:, 0], keys, values, valid, window=self.window, activation=self.activation,
-                                    offsets=offsets, bias=self.rel_pos, dropout=self.attention_dropout)
+        # chunked: the full-mode normaliser (1 / keys seen) is the chunk's, so window=None
+        attended = memory_attention(q[:, 0], keys, values, valid, window=None if self.chunked else self.window,
+                                    activation=self.activation, offsets=offsets, bias=self.rel_pos,
+                                    dropout=self.attention_dropout)
         return self.output(attended.unsqueeze(1), r)[:, 0] * active.unsqueeze(-1).to(s.dtype)
 
     def forward_chunk(self, s: Tensor, active: Tensor, positions: Tensor, state: MemoryState,
@@ -190,7 +208,9 @@ class GatedAttentionUnit(nn.Module):
         bsz, slots = state["key"].shape[:2]
         count = state["count"]
         arange = torch.arange(slots, device=s.device).unsqueeze(0)
-        held = count.clamp(max=slots)  # memory entries, ranks count - held .. count - 1
+        # memory entries, ranks count - held .. count - 1 (chunked: the current chunk only, so the
+        # joint sequence below starts at a chunk boundary and its chunks are the ranks' chunks)
+        held = count % slots if self.chunked else count.clamp(max=slots)
         # the memory in chronological order (oldest first): rank count - held + i is in slot rank % S
         chronological = Compression((count - held).unsqueeze(1) + arange, arange < held.unsqueeze(1),
                                     None, held, False)
@@ -211,13 +231,13 @@ class GatedAttentionUnit(nn.Module):
         attended = local_attention(
             joint_q, joint_k, joint_v, joint.slot_valid, window=self.window, causal=True,
             activation=self.activation, positions=self.bias_positions(joint_pos), bias=self.rel_pos,
-            dropout=self.attention_dropout)
+            dropout=self.attention_dropout, chunked=self.chunked)
         attended = extract(attended, joint)[:, slots:]  # back to the new tokens' slots
         out = extract(self.output(attended, r), new_plan)
 
         # the new ring: the last S of the joint (chronological) entries, the token of rank r in slot r % S
         total = count + new_plan.count
-        kept = total.clamp(max=slots)
+        kept = total % slots if self.chunked else total.clamp(max=slots)  # chunked: the current chunk
         first = (total - kept).unsqueeze(1)  # rank of the oldest kept entry
         ring_rank = first + (arange - first) % max(slots, 1)
         ring_valid = ring_rank < total.unsqueeze(1)
@@ -231,5 +251,6 @@ class GatedAttentionUnit(nn.Module):
 
     def extra_repr(self) -> str:
         pos = "rotary" if self.rotary else ("local_pos" if self.local_pos else "simple")
-        return (f"zdim={self.zdim}, hdim={self.hdim}, window={self.window}, causal={self.causal}, "
+        span = f"chunk={self.window}" if self.chunked else f"window={self.window}"
+        return (f"zdim={self.zdim}, hdim={self.hdim}, {span}, causal={self.causal}, "
                 f"activation={self.activation}, positions={pos}")

@@ -18,6 +18,13 @@ see docs/design.md, 'Masking').
 The windowed path is blocked: queries are cut into blocks of ``min(w, C)`` slots, each
 attending to a frame made of the neighbouring key blocks, so memory and compute are
 O(C * w), never O(C^2). ``naive.dense_local_attention`` is the dense reference.
+
+``chunked_attention`` (``local_attention(..., chunked=True)``) is MEGA's chunked attention, the
+MEGA-chunk baseline's: the slots are cut into fixed, non-overlapping chunks of ``c`` slots and a
+query attends only inside its own chunk (causally in a causal layer), i.e. SeqBoat-full's
+attention applied to each chunk separately: block-diagonal, O(C * c). Same activations, masking
+and bias; relu2/laplace use the full-mode normaliser *per chunk* (1 / (index in the chunk + 1)
+causal, 1 / (valid slots of the chunk) bidirectional), as MEGA does.
 """
 
 import math
@@ -84,6 +91,7 @@ def local_attention(
     positions: Optional[Tensor] = None,
     bias: Optional[Callable[[Tensor], Tensor]] = None,
     dropout: Optional[Callable[[Tensor], Tensor]] = None,
+    chunked: bool = False,
 ) -> Tensor:
     """Attention over a slot sequence.
 
@@ -95,9 +103,13 @@ def local_attention(
         positions: ``(B, C)`` integer positions fed to ``bias`` (offset = pos_k - pos_q).
         bias: maps integer offsets to an additive score bias (RelativePositionalBias).
         dropout: applied to the attention weights.
+        chunked: ``window`` is a chunk size c: MEGA's chunked attention (``chunked_attention``).
     Returns:
         ``(B, C, H)``; rows of padded query slots hold finite junk.
     """
+    if chunked:
+        return chunked_attention(q, k, v, key_valid, chunk=window, causal=causal, activation=activation,
+                                 positions=positions, bias=bias, dropout=dropout)
     if window is not None and window <= 0:
         raise ValueError(f"window must be positive or None, got {window}")
     bsz, slots, zdim = q.shape
@@ -153,6 +165,67 @@ def local_attention(
     if dropout is not None:
         weights = dropout(weights)
     out = torch.einsum("bnqk,bnkh->bnqh", weights, vf)
+    return out.reshape(bsz, padded, -1)[:, :slots]
+
+
+def chunked_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_valid: Tensor,
+    *,
+    chunk: int,
+    causal: bool,
+    activation: str,
+    positions: Optional[Tensor] = None,
+    bias: Optional[Callable[[Tensor], Tensor]] = None,
+    dropout: Optional[Callable[[Tensor], Tensor]] = None,
+) -> Tensor:
+    """MEGA's chunked attention over a slot sequence (the MEGA-chunk baseline).
+
+    Slots are cut into fixed, non-overlapping chunks ``[m c, (m + 1) c)``; key ``j`` is allowed for
+    query ``i`` iff it is valid, ``j // c == i // c`` and (causal) ``j <= i``. Nothing crosses a
+    chunk boundary. Arguments and return value as :func:`local_attention` (``chunk`` = c > 0).
+
+    Scaling: softmax ``Z^-1/2``; relu2 / laplace divide q by the number of keys the query may see
+    inside its chunk, as SeqBoat-full does for the whole sequence: ``i mod c + 1`` causal, the
+    chunk's number of valid slots bidirectional (MEGA's ``lengths``). Blocked by chunk:
+    ``(B, C / c, c, c)`` scores, O(C * c) time and memory.
+    """
+    if chunk is None or chunk <= 0:
+        raise ValueError(f"chunked attention needs a positive chunk size, got {chunk}")
+    bsz, slots, zdim = q.shape
+    block = min(chunk, max(slots, 1))  # one chunk covers a sequence shorter than c
+    num_blocks = -(-slots // block)
+    padded = num_blocks * block
+    if padded != slots:
+        extra = padded - slots
+        q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
+        key_valid = F.pad(key_valid, (0, extra), value=False)
+        if positions is not None:
+            positions = F.pad(positions, (0, extra))
+    qb = q.reshape(bsz, num_blocks, block, zdim)
+    kb = k.reshape(bsz, num_blocks, block, zdim)
+    vb = v.reshape(bsz, num_blocks, block, v.size(-1))
+    valid_b = key_valid.reshape(bsz, num_blocks, block)
+    index = torch.arange(block, device=q.device)
+    if activation == "softmax":
+        qb = qb * zdim ** -0.5
+    elif causal:  # keys of the chunk up to the query itself
+        qb = qb / (index + 1).to(qb.dtype).view(1, 1, block, 1)
+    else:  # every valid key of the chunk
+        qb = qb / valid_b.sum(-1).clamp(min=1).to(qb.dtype).view(bsz, num_blocks, 1, 1)
+    mask = valid_b.unsqueeze(2)  # (B, nb, 1, block)
+    if causal:
+        mask = mask & (index.unsqueeze(0) <= index.unsqueeze(1))  # (B, nb, block, block)
+    scores = torch.einsum("bnqz,bnkz->bnqk", upcast(qb), upcast(kb))
+    if bias is not None:
+        pos = positions.reshape(bsz, num_blocks, block)
+        scores = scores + upcast(bias(pos.unsqueeze(2) - pos.unsqueeze(3)))
+    weights = attention_weights(scores, mask.expand_as(scores), activation).type_as(v)
+    if dropout is not None:
+        weights = dropout(weights)
+    out = torch.einsum("bnqk,bnkh->bnqh", weights, vb)
     return out.reshape(bsz, padded, -1)[:, :slots]
 
 

@@ -12,6 +12,9 @@ Variants, all options of this one layer:
   * SeqBoat       ``window=w > 0``: local attention over a working memory of w activated tokens.
   * SeqBoat-full  ``window=None`` (or < 0): unbounded attention over the compressed sequence.
   * always-active ``always_active=True``: no router, every token runs the GAU (MEGA-style).
+  * chunked       ``chunked=True`` (with ``window=c``): MEGA's chunked attention, each token attends
+                  only inside its fixed chunk of c slots. With ``always_active`` this is the
+                  MEGA-chunk baseline (docs/design.md, 'Baselines').
 
 The layer *always* compresses, so a sequence's output never depends on its batch mates
 (upstream skips compression when any row is fully active, or >= 90 % active in SeqBoat-full,
@@ -91,6 +94,7 @@ class SeqBoatLayer(nn.Module):
         ffn_dim: int = -1,
         activation_dropout: float = 0.0,
         export: bool = False,
+        chunked: bool = False,
     ):
         super().__init__()
         if window == 0:
@@ -114,7 +118,7 @@ class SeqBoatLayer(nn.Module):
             embed_dim, zdim, hdim, window=window, bidirectional=bidirectional,
             activation=attention_activation, rel_pos=rel_pos, max_positions=max_positions,
             local_pos=local_pos, dropout=dropout, attention_dropout=attention_dropout,
-            hidden_dropout=hidden_dropout,
+            hidden_dropout=hidden_dropout, chunked=chunked,
         )
         self.dropout = FairseqDropout(dropout, module_name=type(self).__name__)
         self.ffn = (

@@ -1,0 +1,52 @@
+"""The layer stacks of the two baselines SeqBoat's paper argues against, as options of the SeqBoat
+models (docs/design.md, 'Baselines'), so that they train, evaluate and generate through the same
+tools, tasks and criteria:
+
+* **MEGA-chunk** (``--always-act --chunked-attention``, presets ``mega_chunk_*``): SeqBoat layers
+  with no router, every token runs MD-EMA and the GAU, attention inside fixed non-overlapping
+  chunks of c tokens (``--chunk-size`` / ``--decoder-chunk-size``);
+* **SPADE** (``--layer-type spade``, presets ``spade_*``): :class:`~seqboat_fairseq.modules.spade_layer.SpadeLayer`
+  layers, MD-EMA beside sliding-window attention in the bottom layer, sliding-window attention
+  and an FFN in the layers above.
+"""
+
+from typing import Optional
+
+from torch import nn
+
+from ..modules.seqboat_layer import SeqBoatLayer
+from ..modules.spade_layer import SpadeLayer
+
+LAYER_TYPES = ("seqboat", "spade")
+
+
+def baseline_preset(args, seqboat_preset, **values) -> None:
+    """A baseline's architecture preset: sets the baseline's ``values`` the user left unset, then
+    applies ``seqboat_preset``, the SeqBoat preset it is compared with (which fills the rest)."""
+    for name, value in values.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    seqboat_preset(args)
+
+
+def build_layer(layer_type: Optional[str], index: int, embed_dim: int, zdim: int, hdim: int, ndim: int, *,
+                init_temp_scale: float, always_active: bool, act_bias: float = 0.0, chunked: Optional[bool] = False,
+                **options) -> nn.Module:
+    """Layer ``index`` (0 = bottom) of a stack of ``layer_type`` (None: seqboat, e.g. a model
+    config saved before the option existed). ``options`` are the keyword arguments the two layer
+    classes share; the router's (``init_temp_scale``, ``always_active``, ``act_bias``) only apply
+    to SeqBoat layers (SPADE layers have no router: every real token is active)."""
+    chunked = bool(chunked)
+    if layer_type in (None, "seqboat"):
+        return SeqBoatLayer(embed_dim, zdim, hdim, ndim, init_temp_scale=init_temp_scale,
+                            always_active=always_active, act_bias=act_bias, chunked=chunked, **options)
+    if layer_type == "spade":
+        return SpadeLayer(embed_dim, zdim, hdim, ndim, global_branch=index == 0, chunked=chunked, **options)
+    raise ValueError(f"--layer-type {layer_type}: expected one of {LAYER_TYPES}")
+
+
+def check_baseline_options(*, chunked: Optional[bool], chunk_flag: str, chunk_size: Optional[int]) -> None:
+    """Clear errors (naming the flag) for baseline options no model can be built with."""
+    if chunked and (chunk_size is None or chunk_size <= 0):
+        raise ValueError(f"--chunked-attention cuts the sequence into chunks of {chunk_flag} tokens: give a "
+                         f"positive {chunk_flag}, not {chunk_size}")
