@@ -29,7 +29,11 @@ class ScaleNorm(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """y = w * x / sqrt(mean(x^2) + eps) with a per-channel gain (parameter ``weight``)."""
+    """y = w * x / sqrt(mean(x^2) + eps) with a per-channel gain (parameter ``weight``).
+
+    Not ``torch.nn.RMSNorm``: that one normalises in the input's dtype (and needs the gain in the
+    same dtype), while this norm, like ``ScaleNorm``, always reduces in fp32 and casts back, which
+    bf16/fp16 runs rely on (tests/test_precision.py). In fp32 the two are the same function."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True):
         super().__init__()
