@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from .ema import MultiHeadEMA
 from .ffn import NormalizedFeedForwardNetwork
 from .gau import GatedAttentionUnit
-from .initializers import trunc_normal_
+from .initializers import linear
 from .norms import SequenceNorm
 from .sma import LatentConfigurator
 
@@ -48,6 +48,44 @@ class LayerActivation(NamedTuple):
 
 
 DecodingState = Dict[str, Any]
+
+
+def resolve_window(window: Optional[int]) -> Optional[int]:
+    """``--chunk-size`` / ``--decoder-chunk-size`` -> the attention window: w > 0, or None (-1: unbounded)."""
+    if window == 0:
+        raise ValueError("--chunk-size / --decoder-chunk-size 0: give the working-memory size w > 0, "
+                         "or -1 for SeqBoat-full (unbounded attention over the compressed sequence)")
+    return None if window is not None and window < 0 else window
+
+
+def run_ema(ema: MultiHeadEMA, h: Tensor, padding_mask: Optional[Tensor], state: Optional[DecodingState]) -> Tensor:
+    """The MD-EMA in the mode ``state`` selects: parallel (None), ``step`` (one new token) or
+    ``forward_chunk`` (several). h: ``(T, B, D)`` -> ``(T, B, D)``."""
+    if state is None:
+        return ema(h, padding_mask)
+    if h.size(0) == 1:
+        return ema.step(h[0], state["ema"], state["position"],
+                        None if padding_mask is None else padding_mask[:, 0])[0].unsqueeze(0)
+    return ema.forward_chunk(h, state["ema"], state["position"], padding_mask)[0]
+
+
+def run_gau(gau: GatedAttentionUnit, s: Tensor, active: Tensor, state: Optional[DecodingState]) -> Tensor:
+    """The GAU in the mode ``state`` selects (as ``run_ema``). s: ``(B, T, D)``, active ``(B, T)``."""
+    seq_len = s.size(1)
+    if state is None:
+        return gau(s, active)
+    if seq_len == 1:
+        return gau.step(s[:, 0], active[:, 0], state["position"], state["gau"],
+                        max_count=state["length"] + 1).unsqueeze(1)
+    positions = state["position"].unsqueeze(1) + torch.arange(seq_len, device=s.device)
+    return gau.forward_chunk(s, active, positions, state["gau"], max_count=state["length"] + seq_len)
+
+
+def advance(state: Optional[DecodingState], seq_len: int) -> None:
+    """Counts ``seq_len`` consumed tokens in a layer's state (on the device and on the host)."""
+    if state is not None:
+        state["position"].add_(seq_len)
+        state["length"] += seq_len
 
 
 @with_incremental_state
@@ -97,11 +135,7 @@ class SeqBoatLayer(nn.Module):
         chunked: bool = False,
     ):
         super().__init__()
-        if window == 0:
-            raise ValueError("--chunk-size / --decoder-chunk-size 0: give the working-memory size w > 0, "
-                             "or -1 for SeqBoat-full (unbounded attention over the compressed sequence)")
-        if window is not None and window < 0:
-            window = None  # chunk size < 0 selects SeqBoat-full, as upstream
+        window = resolve_window(window)  # chunk size < 0 selects SeqBoat-full, as upstream
         self.embed_dim = embed_dim
         self.bidirectional = bidirectional
         self.prenorm = prenorm
@@ -110,10 +144,7 @@ class SeqBoatLayer(nn.Module):
         self.ema = MultiHeadEMA(embed_dim, ndim, bidirectional=bidirectional, truncation=truncation)
         self.router = None if always_active else LatentConfigurator(embed_dim, init_temp_scale)
         num_logits = 0 if always_active else LatentConfigurator.num_options
-        self.hx_proj = nn.Linear(embed_dim, num_logits + embed_dim)
-        with torch.no_grad():
-            trunc_normal_(self.hx_proj.weight, 0.02)
-            self.hx_proj.bias.zero_()
+        self.hx_proj = linear(embed_dim, num_logits + embed_dim)
         self.gau = GatedAttentionUnit(
             embed_dim, zdim, hdim, window=window, bidirectional=bidirectional,
             activation=attention_activation, rel_pos=rel_pos, max_positions=max_positions,
@@ -175,32 +206,15 @@ class SeqBoatLayer(nn.Module):
                   ) -> Tuple[Tensor, LayerActivation]:
         """norm -> MD-EMA -> route -> GAU -> gate -> combine, in parallel (``state`` None), for one
         new token (``step``) or for several (``forward_chunk``); the state is updated in place."""
-        seq_len = x.size(0)
         residual = x
         h = self.norm(x) if self.prenorm else x
-        if state is None:
-            e = self.ema(h, padding_mask)
-        elif seq_len == 1:
-            e = self.ema.step(h[0], state["ema"], state["position"],
-                              None if padding_mask is None else padding_mask[:, 0])[0].unsqueeze(0)
-        else:
-            e = self.ema.forward_chunk(h, state["ema"], state["position"], padding_mask)[0]
-        s = self.dropout(F.silu(e)).transpose(0, 1)  # (B, T, D)
+        s = self.dropout(F.silu(run_ema(self.ema, h, padding_mask, state))).transpose(0, 1)  # (B, T, D)
         hx, active, gate = self.route(s, padding_mask)
-        if state is None:
-            g = self.gau(s, active)
-        elif seq_len == 1:
-            g = self.gau.step(s[:, 0], active[:, 0], state["position"], state["gau"],
-                              max_count=state["length"] + 1).unsqueeze(1)
-        else:
-            positions = state["position"].unsqueeze(1) + torch.arange(seq_len, device=x.device)
-            g = self.gau.forward_chunk(s, active, positions, state["gau"], max_count=state["length"] + seq_len)
+        g = run_gau(self.gau, s, active, state)
         if gate is not None:
             g = g * gate.unsqueeze(-1)
         y = self.combine(hx.transpose(0, 1), g.transpose(0, 1), residual)
-        if state is not None:
-            state["position"].add_(seq_len)
-            state["length"] += seq_len
+        advance(state, x.size(0))
         confidence = gate if gate is not None else active.to(s.dtype)
         return y, LayerActivation(active, confidence)
 

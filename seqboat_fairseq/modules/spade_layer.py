@@ -36,9 +36,9 @@ from torch import Tensor, nn
 from .ema import MultiHeadEMA
 from .ffn import NormalizedFeedForwardNetwork
 from .gau import GatedAttentionUnit
-from .initializers import trunc_normal_
+from .initializers import linear
 from .norms import SequenceNorm
-from .seqboat_layer import DecodingState, LayerActivation, SeqBoatLayer
+from .seqboat_layer import DecodingState, LayerActivation, SeqBoatLayer, advance, resolve_window, run_ema, run_gau
 
 
 @with_incremental_state
@@ -77,11 +77,7 @@ class SpadeLayer(nn.Module):
         chunked: bool = False,
     ):
         super().__init__()
-        if window == 0:
-            raise ValueError("--chunk-size / --decoder-chunk-size 0: give the attention window w > 0, or -1 for "
-                             "attention over the whole sequence")
-        if window is not None and window < 0:
-            window = None
+        window = resolve_window(window)
         self.embed_dim = embed_dim
         self.bidirectional = bidirectional
         self.prenorm = prenorm
@@ -95,11 +91,7 @@ class SpadeLayer(nn.Module):
             local_pos=local_pos, dropout=0.0, attention_dropout=attention_dropout,
             hidden_dropout=hidden_dropout, chunked=chunked,
         )
-        self.merge = nn.Linear(2 * embed_dim, embed_dim) if global_branch else None
-        if self.merge is not None:
-            with torch.no_grad():
-                trunc_normal_(self.merge.weight, 0.02)
-                self.merge.bias.zero_()
+        self.merge = linear(2 * embed_dim, embed_dim) if global_branch else None
         self.dropout = FairseqDropout(dropout, module_name=type(self).__name__)
         self.ffn = (
             NormalizedFeedForwardNetwork(embed_dim, ffn_dim, norm_type=norm_type, prenorm=prenorm,
@@ -127,38 +119,22 @@ class SpadeLayer(nn.Module):
                   ) -> Tuple[Tensor, LayerActivation]:
         """norm -> [MD-EMA | local GAU] -> merge -> residual -> [postnorm] -> [FFN], in parallel
         (``state`` None), for one new token or for several; the state is updated in place."""
-        seq_len = x.size(0)
         residual = x
         h = self.norm(x) if self.prenorm else x
         s = h.transpose(0, 1)  # (B, T, D)
         active = torch.ones(s.shape[:2], dtype=torch.bool, device=s.device)
         if padding_mask is not None:
             active = active & ~padding_mask
-        if state is None:
-            a = self.gau(s, active)
-        elif seq_len == 1:
-            a = self.gau.step(s[:, 0], active[:, 0], state["position"], state["gau"],
-                              max_count=state["length"] + 1).unsqueeze(1)
-        else:
-            positions = state["position"].unsqueeze(1) + torch.arange(seq_len, device=x.device)
-            a = self.gau.forward_chunk(s, active, positions, state["gau"], max_count=state["length"] + seq_len)
+        a = run_gau(self.gau, s, active, state)
         if self.ema is not None:
-            if state is None:
-                e = self.ema(h, padding_mask)
-            elif seq_len == 1:
-                e = self.ema.step(h[0], state["ema"], state["position"],
-                                  None if padding_mask is None else padding_mask[:, 0])[0].unsqueeze(0)
-            else:
-                e = self.ema.forward_chunk(h, state["ema"], state["position"], padding_mask)[0]
+            e = run_ema(self.ema, h, padding_mask, state)
             a = self.merge(torch.cat([F.silu(e).transpose(0, 1), a], dim=-1))
         y = residual + self.dropout(a.transpose(0, 1))
         if not self.prenorm:
             y = self.norm(y)
         if self.ffn is not None:
             y = self.ffn(y)
-        if state is not None:
-            state["position"].add_(seq_len)
-            state["length"] += seq_len
+        advance(state, x.size(0))
         return y, LayerActivation(active, active.to(s.dtype))
 
     def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> DecodingState:
