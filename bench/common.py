@@ -71,6 +71,20 @@ def build_from_cli(*cli_args: str):
     return model, task
 
 
+def add_model_shape_args(p) -> None:
+    """The model-shape flags of the profiling scripts (defaults: train_step.py's table)."""
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden-dim", type=int, default=None)
+    p.add_argument("--z-dim", type=int, default=128)
+    p.add_argument("--n-dim", type=int, default=16)
+    p.add_argument("--window", type=int, default=128)
+    p.add_argument("--truncation", type=int, default=0)
+    p.add_argument("--rel-pos", default="rotary", choices=["rotary", "simple"])
+    p.add_argument("--ffn-dim", type=int, default=None)
+    p.add_argument("--heads", type=int, default=None)
+
+
 MODEL_KINDS = ("seqboat", "seqboat_full", "always_active", "transformer")
 
 

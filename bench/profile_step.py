@@ -22,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (  # noqa: E402
+from common import (add_model_shape_args,  # noqa: E402
     MODEL_KINDS, REPO_ROOT, build_from_cli, code_revision, model_cli_args, setup_torch, wait_until_quiet,
 )
 
@@ -31,16 +31,7 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="seqboat", choices=MODEL_KINDS)
     p.add_argument("--seq-len", type=int, default=4096)
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden-dim", type=int, default=None)
-    p.add_argument("--z-dim", type=int, default=128)
-    p.add_argument("--n-dim", type=int, default=16)
-    p.add_argument("--window", type=int, default=128)
-    p.add_argument("--truncation", type=int, default=0)
-    p.add_argument("--rel-pos", default="rotary", choices=["rotary", "simple"])
-    p.add_argument("--ffn-dim", type=int, default=None)
-    p.add_argument("--heads", type=int, default=None)
+    add_model_shape_args(p)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
