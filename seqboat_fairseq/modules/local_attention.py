@@ -79,6 +79,15 @@ def _frames(x: Tensor, num_blocks: int, block: int, back: int, ahead: int) -> Te
     return torch.cat([xp[:, i:i + num_blocks] for i in range(back + 1 + ahead)], dim=2)
 
 
+def _pad_slots(extra: int, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, positions: Optional[Tensor]):
+    """Appends ``extra`` empty (invalid) slots so the slot count is a multiple of the block size."""
+    if extra == 0:
+        return q, k, v, key_valid, positions
+    q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
+    key_valid = F.pad(key_valid, (0, extra), value=False)
+    return q, k, v, key_valid, None if positions is None else F.pad(positions, (0, extra))
+
+
 def local_attention(
     q: Tensor,
     k: Tensor,
@@ -132,12 +141,7 @@ def local_attention(
         ahead = 0 if causal else back
     num_blocks = -(-slots // block)
     padded = num_blocks * block
-    if padded != slots:
-        extra = padded - slots
-        q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
-        key_valid = F.pad(key_valid, (0, extra), value=False)
-        if positions is not None:
-            positions = F.pad(positions, (0, extra))
+    q, k, v, key_valid, positions = _pad_slots(padded - slots, q, k, v, key_valid, positions)
 
     qb = q.reshape(bsz, num_blocks, block, zdim)
     kf = _frames(k, num_blocks, block, back, ahead)  # (B, nb, frame, Z)
@@ -198,12 +202,7 @@ def chunked_attention(
     block = min(chunk, max(slots, 1))  # one chunk covers a sequence shorter than c
     num_blocks = -(-slots // block)
     padded = num_blocks * block
-    if padded != slots:
-        extra = padded - slots
-        q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
-        key_valid = F.pad(key_valid, (0, extra), value=False)
-        if positions is not None:
-            positions = F.pad(positions, (0, extra))
+    q, k, v, key_valid, positions = _pad_slots(padded - slots, q, k, v, key_valid, positions)
     qb = q.reshape(bsz, num_blocks, block, zdim)
     kb = k.reshape(bsz, num_blocks, block, zdim)
     vb = v.reshape(bsz, num_blocks, block, v.size(-1))
