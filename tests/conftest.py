@@ -223,3 +223,16 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("learning"):
             item.add_marker(pytest.mark.e2e)
+
+
+def assert_prep_error(capsys, main, error_prefix, argv, *fragments):
+    """A data prep's ``main(argv)`` returns 2 and prints exactly one ``<prog>: error: ...`` line
+    containing every fragment; returns that line."""
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(error_prefix), err
+    for fragment in fragments:
+        assert str(fragment) in lines[0], (fragment, lines[0])
+    return lines[0]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import assert_prep_error
 from data_prep import common, lra
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,14 +37,7 @@ def assert_cli_error(result, *fragments):
 
 def assert_main_error(capsys, argv, *fragments):
     """``lra.main(argv)`` returns 2 and prints one `lra.py: error: ...` line containing fragments."""
-    code = lra.main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), err
-    for fragment in fragments:
-        assert str(fragment) in lines[0], (fragment, lines[0])
-    return lines[0]
+    return assert_prep_error(capsys, lra.main, ERROR_PREFIX, argv, *fragments)
 
 
 def leftovers(parent):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PLUGIN_DIR, REPO_ROOT, build_lra, run_module
+from conftest import PLUGIN_DIR, REPO_ROOT, assert_prep_error, build_lra, run_module
 from data_prep import common
 from data_prep import speech_commands as sc
 
@@ -72,14 +72,7 @@ def padded(samples):
 
 
 def assert_main_error(capsys, argv, *fragments):
-    code = sc.main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), err
-    for fragment in fragments:
-        assert str(fragment) in lines[0], (fragment, lines[0])
-    return lines[0]
+    return assert_prep_error(capsys, sc.main, ERROR_PREFIX, argv, *fragments)
 
 
 def leftovers(parent):
