@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import assert_close
-from seqboat_fairseq.modules.ema import MultiHeadEMA
+from seqboat_fairseq.modules.ema import MultiHeadEMA, _bidirectional_fft_conv, _causal_fft_conv
 from seqboat_fairseq.modules.naive import ema_direct, ema_recurrence
 
 
@@ -119,6 +119,20 @@ def test_gradcheck_small():
         return state["lag_hidden"], state["hidden"]
 
     assert torch.autograd.gradcheck(chunk_state, (x,))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidir"])
+@pytest.mark.parametrize("kernel_len", [7, 3], ids=["full_kernel", "short_kernel"])
+def test_fft_convolution_gradients(bidirectional, kernel_len):
+    """FFTConvolution's hand-written backward (it recomputes the spectra instead of keeping
+    them) against finite differences, for the input and the kernel, as the EMA calls it."""
+    u = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(3, kernel_len, dtype=torch.float64, requires_grad=True)
+    if bidirectional:
+        k_bwd = torch.randn(3, kernel_len, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(_bidirectional_fft_conv, (u, k, k_bwd))
+    else:
+        assert torch.autograd.gradcheck(_causal_fft_conv, (u, k))
 
 
 def test_parameter_shapes_and_init():

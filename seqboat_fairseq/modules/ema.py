@@ -223,18 +223,47 @@ class MultiHeadEMA(nn.Module):
 def _causal_fft_conv(u: Tensor, k: Tensor) -> Tensor:
     """y[b, d, t] = sum_{l <= t, l < K} k[d, l] u[b, d, t - l]. u: (B, D, L) fp32, k: (D, K)."""
     seq_len = u.size(-1)
-    n = 2 * seq_len  # >= L + K - 1: no circular wrap-around
-    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
-    return y[..., :seq_len]
+    # 2L >= L + K - 1: no wrap-around; the kernel may come out of autocast in half precision
+    return FFTConvolution.apply(u, upcast(k), 2 * seq_len, 0, seq_len)
 
 
 def _bidirectional_fft_conv(u: Tensor, k_fwd: Tensor, k_bwd: Tensor) -> Tensor:
     """y[t] = sum_l k_fwd[l] u[t - l] + sum_l k_bwd[l] u[t + l] (lag 0 counted twice)."""
     seq_len, kernel_len = u.size(-1), k_fwd.size(-1)
-    # combined kernel of length 2K-1 centred at K-1: backward lags reversed, then forward lags
+    # combined kernel of length 2K-1 centred at K-1: backward lags reversed, then forward lags;
+    # y[t] is entry t + K - 1 of the full linear convolution of u with it
     k = F.pad(k_fwd, (kernel_len - 1, 0)) + F.pad(k_bwd.flip(-1), (0, kernel_len - 1))
-    u = F.pad(u, (kernel_len - 1, 0))
-    n = 2 * (seq_len + kernel_len - 1)
-    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
-    start = 2 * kernel_len - 2
-    return y[..., start:start + seq_len]
+    return FFTConvolution.apply(u, upcast(k), 2 * (seq_len + kernel_len - 1), kernel_len - 1, seq_len)
+
+
+class FFTConvolution(torch.autograd.Function):
+    """``y = conv(u, k)[..., start:start + length]``, the full linear convolution along the last
+    axis computed with FFTs of size ``n >= L_u + K - 1``. u: ``(B, D, L_u)``, k: ``(D, K)``, both fp32.
+
+    Written as a Function for memory, not speed: autograd would keep both spectra ``rfft(u)``
+    and ``rfft(k)`` (2 x (n/2 + 1) complex numbers per channel: 4x the input) for the backward
+    pass, a quarter of a whole SeqBoat LM's activation memory. This keeps ``u`` and ``k`` (``u``
+    is usually a view of a tensor autograd keeps anyway) and recomputes the spectra: the
+    backward pass is two circular correlations, ``grad_u = irfft(G conj(K))[:L_u]`` and
+    ``grad_k = sum_b irfft(G conj(U))[:K]`` with ``G = rfft(grad_y placed at start)``.
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, k: Tensor, n: int, start: int, length: int) -> Tensor:
+        ctx.save_for_backward(u, k)
+        ctx.n, ctx.start = n, start
+        y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
+        return y[..., start:start + length]
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        u, k = ctx.saved_tensors
+        n, start = ctx.n, ctx.start
+        grad_spectrum = torch.fft.rfft(F.pad(grad_y, (start, n - start - grad_y.size(-1))), n=n)
+        grad_u = grad_k = None
+        if ctx.needs_input_grad[0]:
+            grad_u = torch.fft.irfft(grad_spectrum * torch.fft.rfft(k, n=n).conj(), n=n)[..., :u.size(-1)]
+        if ctx.needs_input_grad[1]:
+            correlation = (grad_spectrum * torch.fft.rfft(u, n=n).conj()).sum(0)
+            grad_k = torch.fft.irfft(correlation, n=n)[..., :k.size(-1)]
+        return grad_u, grad_k, None, None, None

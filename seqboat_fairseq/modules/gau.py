@@ -184,14 +184,19 @@ class GatedAttentionUnit(nn.Module):
         write(state["position"], position.unsqueeze(1))
         write(state["rank"], rank.unsqueeze(1))
         count.add_(active.long())
+        # Only slots below max_count can hold an entry (the token of rank r is in slot r % S and
+        # r < max_count): attending over those alone is exact and, early in a context, reads a
+        # fraction of the memory (decoding is memory-bandwidth bound). max_count is a host int.
+        used = min(slots, max_count)
+        keys, values = keys[:, :used], values[:, :used]
         if self.chunked:  # the current chunk: slots 0 .. rank % c (the new token included)
-            valid = torch.arange(slots, device=s.device).unsqueeze(0) <= slot
+            valid = torch.arange(used, device=s.device).unsqueeze(0) <= slot
         else:
-            valid = torch.arange(slots, device=s.device).unsqueeze(0) < count.clamp(max=slots).unsqueeze(1)
+            valid = torch.arange(used, device=s.device).unsqueeze(0) < count.clamp(max=slots).unsqueeze(1)
         if self.local_pos:  # slot offsets: how many activated tokens back
-            offsets = state["rank"] - rank.unsqueeze(1)
+            offsets = state["rank"][:, :used] - rank.unsqueeze(1)
         else:
-            offsets = state["position"] - position.unsqueeze(1)
+            offsets = state["position"][:, :used] - position.unsqueeze(1)
         # chunked: the full-mode normaliser (1 / keys seen) is the chunk's, so window=None
         attended = memory_attention(q[:, 0], keys, values, valid, window=None if self.chunked else self.window,
                                     activation=self.activation, offsets=offsets, bias=self.rel_pos,
