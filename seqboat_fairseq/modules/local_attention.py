@@ -143,12 +143,19 @@ def local_attention(
     padded = num_blocks * block
     q, k, v, key_valid, positions = _pad_slots(padded - slots, q, k, v, key_valid, positions)
 
-    qb = q.reshape(bsz, num_blocks, block, zdim)
-    kf = _frames(k, num_blocks, block, back, ahead)  # (B, nb, frame, Z)
-    vf = _frames(v, num_blocks, block, back, ahead)
-    valid_f = _frames(key_valid, num_blocks, block, back, ahead)  # (B, nb, frame); False outside
+    # Blocks of all rows, flattened: block i attends to blocks i + o, o in [-back, ahead] (0 or 1
+    # each), as one batched matmul per offset on *views* of q, k and v, so autograd keeps q, k and
+    # v themselves rather than frames of neighbouring blocks (2x k and v with back = 1, 3x
+    # bidirectional). A shifted block may belong to the neighbouring row: the frame mask, built
+    # per row, never allows it.
+    q, k = upcast(q), upcast(k)
+    qb = q.reshape(bsz * num_blocks, block, zdim)
+    kb = k.reshape(bsz * num_blocks, block, zdim).transpose(1, 2)
+    vb = v.reshape(bsz * num_blocks, block, v.size(-1))
+    offsets = range(-back, ahead + 1)
+    valid_f = _frames(key_valid, num_blocks, block, back, ahead)  # (B, nb, frame); False outside the row
 
-    frame = kf.size(2)
+    frame = (back + 1 + ahead) * block
     # slot offset key - query inside a frame; the same for every block
     rel = (torch.arange(frame, device=q.device).unsqueeze(0) - back * block
            - torch.arange(block, device=q.device).unsqueeze(1))  # (block, frame)
@@ -158,18 +165,32 @@ def local_attention(
         band = (rel <= 0) & (rel >= -window)
     else:
         band = rel.abs() <= window
-    mask = band & valid_f.unsqueeze(2)  # (B, nb, block, frame)
+    mask = (band & valid_f.unsqueeze(2)).flatten(0, 1)  # (B nb, block, frame)
 
-    scores = torch.einsum("bnqz,bnkz->bnqk", upcast(qb), upcast(kf))
+    scores = torch.cat([_shifted_bmm(qb, kb, o) for o in offsets], dim=-1)  # (B nb, block, frame)
     if bias is not None:
         pos_q = positions.reshape(bsz, num_blocks, block)
         pos_k = _frames(positions, num_blocks, block, back, ahead)
-        scores = scores + upcast(bias(pos_k.unsqueeze(2) - pos_q.unsqueeze(3)))
+        scores = scores + upcast(bias(pos_k.unsqueeze(2) - pos_q.unsqueeze(3))).flatten(0, 1)
     weights = attention_weights(scores, mask, activation).type_as(v)
     if dropout is not None:
         weights = dropout(weights)
-    out = torch.einsum("bnqk,bnkh->bnqh", weights, vf)
+    out = sum(_shifted_bmm(w, vb, o) for w, o in zip(weights.split(block, dim=-1), offsets))
     return out.reshape(bsz, padded, -1)[:, :slots]
+
+
+def _shifted_bmm(a: Tensor, b: Tensor, offset: int) -> Tensor:
+    """``out[i] = a[i] @ b[i + offset]`` for a, b ``(N, ., .)``; zeros where ``i + offset`` is
+    outside ``[0, N)``. Slices of the leading axis are views, so nothing is copied."""
+    if offset == 0:
+        return torch.bmm(a, b)
+    count = a.size(0) - abs(offset)
+    zeros = a.new_zeros(min(abs(offset), a.size(0)), a.size(1), b.size(2))
+    if count <= 0:
+        return zeros
+    if offset < 0:
+        return torch.cat([zeros, torch.bmm(a[-offset:], b[:count])], dim=0)
+    return torch.cat([torch.bmm(a[:count], b[offset:]), zeros], dim=0)
 
 
 def chunked_attention(

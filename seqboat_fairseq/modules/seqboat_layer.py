@@ -172,7 +172,9 @@ class SeqBoatLayer(nn.Module):
                 active = active & ~padding_mask
             return h, active, None
         logits, hx = h.split([LatentConfigurator.num_options, self.embed_dim], dim=-1)
-        active, gate = self.router(logits, padding_mask, self.act_bias)
+        # a copy of the 2 logit columns: the router keeps its input for the backward pass, and a
+        # view would keep the whole (B, L, D + 2) projection alive with it (4 % of a step's memory)
+        active, gate = self.router(logits.contiguous(), padding_mask, self.act_bias)
         return hx, active, gate
 
     def combine(self, hx: Tensor, gated: Tensor, residual: Tensor) -> Tensor:

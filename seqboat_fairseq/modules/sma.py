@@ -129,7 +129,10 @@ def extract(y: Tensor, plan: Compression) -> Tensor:
     """y: ``(B, C', *F)`` -> ``(B, L, *F)``: active token t gets its slot, skipped tokens 0."""
     if plan.identity:
         return y
-    zero = y.new_zeros(y.size(0), 1, *y.shape[2:])
-    padded = torch.cat([zero, y], dim=1)  # slot 0 = the zero every skipped token reads
-    index = plan.rank.view(*plan.rank.shape, *([1] * (y.dim() - 2))).expand(-1, -1, *y.shape[2:])
-    return torch.gather(padded, 1, index)
+    bsz, slots = y.shape[:2]
+    zero = y.new_zeros(bsz, 1, *y.shape[2:])
+    padded = torch.cat([zero, y], dim=1).flatten(0, 1)  # slot 0 of each row: the zero skipped tokens read
+    # row b's slot r is entry b (C' + 1) + r; index_select, unlike gather, does not keep its
+    # (B, C' + 1, *F) input for the backward pass
+    index = plan.rank + torch.arange(bsz, device=y.device).unsqueeze(1) * (slots + 1)
+    return padded.index_select(0, index.flatten()).view(bsz, -1, *y.shape[2:])
