@@ -122,18 +122,19 @@ def load_once(root: str, indices):
     Returns ``(open_s, read_ms, anon_mb, checksum)``."""
     import gc
 
-    from seqboat_fairseq.tasks.lra import LRAClassificationDataset, load_image_split
+    from seqboat_fairseq.tasks.lra import classification_dataset, load_image_split, RealValuedSamplesDataset
 
     gc.collect()
     anon = rss_anon_mb()
     start = time.perf_counter()
     pixels, targets = load_image_split(root, "train")
-    dataset = LRAClassificationDataset(pixels, targets, None, pixel_normalization=(0.5, 0.5), shuffle=False)
+    samples = RealValuedSamplesDataset(pixels, mean=0.5, std=0.5)
+    dataset = classification_dataset([samples], targets, None, shuffle=False, seed=1)
     opened = time.perf_counter()
     checksum = 0.0
     for i in indices:
         item = dataset[int(i)]
-        checksum += float(item["source"][0]) + item["target"]
+        checksum += float(item["net_input.src_tokens"][0]) + float(item["target"])
     done = time.perf_counter()
     anon_mb = rss_anon_mb() - anon
     del dataset, pixels, targets

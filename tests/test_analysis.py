@@ -218,15 +218,15 @@ def test_every_requested_sample_is_measured(image_setup, tmp_path, monkeypatch, 
     sample exactly once; an iterator that loses one fails the command: no rate over fewer samples."""
     from seqboat_fairseq.analysis.load import AnalysisError, load_seqboat_checkpoint, load_split
     from seqboat_fairseq.analysis.measure import AnalysisResult, SequenceRecord, analyse, check_complete
-    from seqboat_fairseq.tasks.lra import LRAClassificationDataset
+    from seqboat_fairseq.tasks.lra import EpochShuffledDataset
 
     loaded = load_seqboat_checkpoint(image_setup["path"], str(image_setup["data"]))
     dataset = load_split(loaded.task, "valid")
     result = analyse(loaded, dataset, max_samples=5, batch_size=2)
     assert [r.sample for r in result.records] == list(range(5))
 
-    ordered_indices = LRAClassificationDataset.ordered_indices
-    monkeypatch.setattr(LRAClassificationDataset, "ordered_indices", lambda self: ordered_indices(self)[1:])
+    ordered_indices = EpochShuffledDataset.ordered_indices
+    monkeypatch.setattr(EpochShuffledDataset, "ordered_indices", lambda self: ordered_indices(self)[1:])
     with pytest.raises(AnalysisError, match=r"measured 4 sequences .* 5 samples were asked for \(missing: \[0\]"):
         analyse(loaded, dataset, max_samples=5, batch_size=2)
     out = tmp_path / "out"

@@ -497,6 +497,11 @@ def image_task(data, max_positions=1024):
     return LRAImageTask.setup_task(cfg)
 
 
+def pixel_rows(dataset):
+    """The rows of pixels (``MemmapArray``, or the parsed text layout) a task's dataset reads."""
+    return dataset.dataset.defn["net_input.src_tokens"].rows
+
+
 def test_image_task_memory_maps_the_prep_output(tmp_path):
     from seqboat_fairseq.tasks.lra import MemmapArray
 
@@ -509,26 +514,28 @@ def test_image_task_memory_maps_the_prep_output(tmp_path):
     for split, indices in zip(SPLITS, pieces):
         task.load_dataset(split)
         dataset = task.datasets[split]
-        assert isinstance(dataset.sources, MemmapArray) and isinstance(dataset.sources.array, np.memmap)
-        assert len(dataset) == len(indices) and dataset.sizes.tolist() == [1024] * len(indices)
+        images = pixel_rows(dataset)
+        assert isinstance(images, MemmapArray) and isinstance(images.array, np.memmap)
+        assert len(dataset) == len(indices) and dataset.sizes[0].tolist() == [1024] * len(indices)
         for k, i in enumerate(indices):
             pixels = np.asarray(Image.open(samples[i][0]).convert("L"), dtype=np.float32).reshape(-1)
             item = dataset[k]
-            assert torch.equal(item["source"], torch.from_numpy((pixels / 255.0 - 0.5) / 0.5)), (split, k)
+            assert torch.equal(item["net_input.src_tokens"], torch.from_numpy((pixels / 255.0 - 0.5) / 0.5)), (split, k)
             assert item["target"] == samples[i][1]
     # a spawned data-loader worker gets the path, not the pixels, and maps the file itself
     train = task.datasets["train"]
     blob = pickle.dumps(train)
-    assert train.sources.array.nbytes == 16 * 1024 and len(blob) < 4 * 1024, len(blob)
+    assert pixel_rows(train).array.nbytes == 16 * 1024 and len(blob) < 4 * 1024, len(blob)
     copy = pickle.loads(blob)
-    assert torch.equal(copy[3]["source"], train[3]["source"]) and isinstance(copy.sources.array, np.memmap)
+    assert torch.equal(copy[3]["net_input.src_tokens"], train[3]["net_input.src_tokens"])
+    assert isinstance(pixel_rows(copy).array, np.memmap)
     batch = train.collater([train[i] for i in range(4)])
     assert batch["net_input"]["src_tokens"].shape == (4, 1024) and batch["target"].dtype == torch.int64
     # under fairseq-hydra-train the task's max_positions stays unset (the model's preset has it): no truncation
     unset = image_task(dest, max_positions=None)
     unset.load_dataset("valid")
-    assert unset.datasets["valid"].sizes.tolist() == [1024, 1024] and unset.datasets["valid"][1]["source"].shape == \
-        (1024,)
+    assert unset.datasets["valid"].sizes[0].tolist() == [1024, 1024]
+    assert unset.datasets["valid"][1]["net_input.src_tokens"].shape == (1024,)
 
 
 def test_image_task_reads_the_earlier_text_layout_with_a_warning(tmp_path, caplog):
@@ -556,7 +563,7 @@ def test_image_task_reads_the_earlier_text_layout_with_a_warning(tmp_path, caplo
         else:
             assert warned == [], caplog.text
     for i in range(5):
-        assert torch.equal(loaded["old"][i]["source"], loaded["new"][i]["source"])
+        assert torch.equal(loaded["old"][i]["net_input.src_tokens"], loaded["new"][i]["net_input.src_tokens"])
         assert loaded["old"][i]["target"] == loaded["new"][i]["target"] == labels[i]
 
 

@@ -295,12 +295,14 @@ def test_task_loads_normalised_batches(prepared):
     for split in ("train", "valid", "test"):
         task.load_dataset(split)
         dataset = task.datasets[split]
-        assert isinstance(dataset.sources, MemmapArray) and isinstance(dataset.sources.array, np.memmap)
-        assert len(dataset) == len(expected[split]) and set(dataset.sizes.tolist()) == {16000}
+        clips = dataset.dataset.defn["net_input.src_tokens"].rows
+        assert isinstance(clips, MemmapArray) and isinstance(clips.array, np.memmap)
+        assert len(dataset) == len(expected[split]) and set(dataset.sizes[0].tolist()) == {16000}
         for i in (0, len(dataset) - 1):
             want = (padded(expected[split][i][1]).astype(np.float64) / 32768 - meta["train_mean"]) / \
                 (meta["train_std"] + 1e-5)
-            torch.testing.assert_close(dataset[i]["source"], torch.from_numpy(want).float(), rtol=0, atol=1e-5)
+            torch.testing.assert_close(dataset[i]["net_input.src_tokens"], torch.from_numpy(want).float(), rtol=0,
+                                       atol=1e-5)
             assert dataset[i]["target"] == expected[split][i][2]
     train = task.datasets["train"]
     batches = list(task.get_batch_iterator(train, max_sentences=3, required_batch_size_multiple=1, seed=1,
@@ -311,15 +313,15 @@ def test_task_loads_normalised_batches(prepared):
         torch.float32
     assert batch["net_input"]["src_lengths"].tolist() == [16000] * 3 and batch["target"].dtype == torch.int64
     # the standardised train split has mean ~0 and std ~1
-    values = torch.stack([train[i]["source"] for i in range(len(train))])
+    values = torch.stack([train[i]["net_input.src_tokens"] for i in range(len(train))])
     assert abs(values.mean().item()) < 1e-3 and values.std().item() == pytest.approx(1.0, abs=1e-3)
     # a spawned data-loader worker gets the path, not the samples
-    assert len(pickle.dumps(train)) < 8 * 1024 < train.sources.array.nbytes
+    assert len(pickle.dumps(train)) < 8 * 1024 < train.dataset.defn["net_input.src_tokens"].rows.array.nbytes
     # under fairseq-hydra-train the task's max_positions stays unset (the model's preset has it)
     unset = speech_task(data, max_positions=None)
     unset.load_dataset("valid")
-    assert set(unset.datasets["valid"].sizes.tolist()) == {16000} and unset.datasets["valid"][0]["source"].shape == \
-        (16000,)
+    assert set(unset.datasets["valid"].sizes[0].tolist()) == {16000}
+    assert unset.datasets["valid"][0]["net_input.src_tokens"].shape == (16000,)
 
 
 def test_task_errors_name_the_file_or_flag(prepared, tmp_path):

@@ -59,7 +59,7 @@ def run(args) -> Dict:
             logger.warning("confidence heat maps are only drawn for image tasks (lra-image); skipped")
         heatmaps = 0
     if heatmaps:
-        length = dataset[0]["source"].numel()
+        length = int(dataset.size(0))  # the pixels of one image
         if image_side(length) is None:
             logger.warning(f"inputs of {length} pixels are not square images; no heat maps")
             heatmaps = 0

@@ -17,16 +17,26 @@ Data layouts (written by ``data_prep/lra.py``):
   0..255) and ``label/{split}.label`` (one integer per line), is still read, with a warning: it is
   parsed in full at every start by every rank (Path-X: ~9 GB of text, minutes per rank).
   Re-running ``data_prep/lra.py`` writes the ``.npy`` layout.
+
+The datasets are fairseq's blocks, composed as its ``sentence_prediction`` task composes them
+(``classification_dataset``): ``PrependTokenDataset`` (``<CLS>``), ``TruncateDataset``
+(``--max-positions``), ``RightPadDataset``, ``NumelDataset``, ``IdDataset``, ``NumSamplesDataset``,
+``RawLabelDataset``, ``ConcatSentencesDataset`` (``ntokens`` of both Retrieval documents) in a
+``NestedDictionaryDataset``. Two small pieces are this plugin's: ``RealValuedSamplesDataset``
+(memory-mapped pixel/audio rows, normalised) and ``EpochShuffledDataset`` (the per-epoch order).
 """
 
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import List, Optional
 
 import numpy as np
 import torch
-from fairseq.data import Dictionary, FairseqDataset, data_utils
+from fairseq.data import (BaseWrapperDataset, ConcatSentencesDataset, Dictionary, FairseqDataset, IdDataset,
+                          NestedDictionaryDataset, NumelDataset, NumSamplesDataset, PrependTokenDataset,
+                          RawLabelDataset, RightPadDataset, TruncateDataset, data_utils)
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II
@@ -58,81 +68,83 @@ class LRAImageConfig(LRATextConfig):
         default_factory=lambda: [0.5, 0.5], metadata={"help": "pixel mean and std after dividing by 255"})
 
 
-class LRAClassificationDataset(FairseqDataset):
-    """Samples ``{id, source, [source1], target}`` read lazily from ``sources`` (an indexed token
-    dataset, or a ``(N, L)`` integer array of real-valued samples: pixels, waveforms). Tokens are
-    truncated to ``max_len`` (after an optional prepended ``<CLS>``; ``None``: no truncation);
-    samples become ``(v / value_scale - mean) / std`` (pixels: ``value_scale`` 255). The collater
-    right-pads token sequences and stacks sample sequences (equal length, no padding)."""
+class RealValuedSamplesDataset(FairseqDataset):
+    """Rows of an ``(N, L)`` integer array (a memory-mapped ``.npy`` file, ``MemmapArray``, or the
+    parsed earlier text layout) as ``float32`` tensors ``(v / scale - mean) / std`` of at most
+    ``max_len`` values (pixels: ``scale`` 255; audio: 32768), read one row per item.
 
-    def __init__(self, sources, targets: np.ndarray, max_len: Optional[int], pad_idx: Optional[int] = None,
-                 sources1=None, prepend: Optional[int] = None, pixel_normalization=None,
-                 shuffle: bool = True, seed: int = 1, value_scale: float = 255.0):
-        self.sources, self.sources1, self.targets = sources, sources1, targets
-        self.max_len, self.pad_idx, self.prepend = max_len, pad_idx, prepend
-        self.pixel_normalization = pixel_normalization
-        self.value_scale = value_scale
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 1
-        extra = 1 if prepend is not None else 0
-        sizes = np.full(len(sources), sources.shape[1]) if pixel_normalization else np.asarray(sources.sizes) + extra
-        if sources1 is not None:
-            sizes = np.maximum(sizes, np.asarray(sources1.sizes) + extra)
-        self.sizes = (sizes if max_len is None else np.minimum(sizes, max_len)).astype(np.int64)
+    This plugin's own, because no fairseq dataset fits: its indexed datasets hold variable-length
+    token ids in ``.bin``/``.idx`` files (no lazily read fixed-width ``uint8``/``int16`` arrays),
+    its audio datasets read sound files, and none normalises. The values are computed in
+    ``float32`` as upstream does, the same bits as every earlier run. All rows have one length: the
+    collater stacks them (nothing to pad). A sample is read once though three members of the
+    batch ask for it (``src_tokens``, ``src_lengths``, ``ntokens``): ``__getitem__`` is cached as
+    in fairseq's ``LRUCacheDataset``, whose own ``collater`` cannot take a list."""
+
+    def __init__(self, rows, mean: float, std: float, scale: float = 255.0, max_len: Optional[int] = None):
+        super().__init__()
+        self.rows, self.max_len = rows, max_len
+        self.mean, self.std, self.scale = np.float32(mean), np.float32(std), np.float32(scale)
+        length = rows.shape[1] if max_len is None else min(rows.shape[1], max_len)
+        self.sizes = np.full(len(rows), length, dtype=np.int64)
 
     def __len__(self):
-        return len(self.targets)
+        return len(self.rows)
 
-    def _read(self, sources, index) -> torch.Tensor:
-        if self.pixel_normalization is not None:
-            mean, std = self.pixel_normalization
-            values = np.asarray(sources[index, : self.max_len], dtype=np.float32)
-            return torch.from_numpy((values / np.float32(self.value_scale) - np.float32(mean)) / np.float32(std))
-        tokens = sources[index]
-        if self.prepend is not None:
-            tokens = torch.cat([tokens.new_tensor([self.prepend]), tokens])
-        return tokens[: self.max_len]
-
+    @lru_cache(maxsize=8)
     def __getitem__(self, index):
-        item = {"id": index, "source": self._read(self.sources, index), "target": int(self.targets[index])}
-        if self.sources1 is not None:
-            item["source1"] = self._read(self.sources1, index)
-        return item
-
-    def _stack(self, items: List[torch.Tensor]) -> torch.Tensor:
-        if self.pad_idx is None:
-            return torch.stack(items)
-        return data_utils.collate_tokens(items, self.pad_idx)
+        values = np.asarray(self.rows[index, : self.max_len], dtype=np.float32)
+        return torch.from_numpy((values / self.scale - self.mean) / self.std)
 
     def collater(self, samples):
-        if not samples:
-            return {}
-        net_input = {"src_tokens": self._stack([s["source"] for s in samples]),
-                     "src_lengths": torch.tensor([len(s["source"]) for s in samples])}
-        if self.sources1 is not None:
-            net_input["src_tokens1"] = self._stack([s["source1"] for s in samples])
-            net_input["src_lengths1"] = torch.tensor([len(s["source1"]) for s in samples])
-        return {
-            "id": torch.tensor([s["id"] for s in samples]),
-            "nsentences": len(samples),
-            "ntokens": int(net_input["src_lengths"].sum()),
-            "net_input": net_input,
-            "target": torch.tensor([s["target"] for s in samples]),
-        }
+        return torch.stack(samples)
 
-    def num_tokens(self, index):
-        return int(self.sizes[index])
 
-    def size(self, index):
-        return int(self.sizes[index])
+class EpochShuffledDataset(BaseWrapperDataset):
+    """The order fairseq cuts batches from: with ``shuffle``, the permutation
+    ``RandomState(seed + epoch)`` draws for the epoch the trainer sets before it asks
+    (``set_epoch``, then ``ordered_indices``); otherwise file order.
+
+    Not fairseq's ``SortDataset`` (``sentence_prediction``'s shuffle): its order is fixed when it is
+    built, from a seed alone; this one is the order every LRA and speech_commands run has used.
+    The batches can be reused across epochs (sizes never change; the epoch iterator reshuffles the
+    batches): said here because ``NestedDictionaryDataset`` asks each member, and fairseq's
+    ``MMapIndexedDataset`` has no answer, which fairseq takes as "no" and rebuilds them each epoch."""
+
+    def __init__(self, dataset, shuffle: bool, seed: int):
+        super().__init__(dataset)
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 1
 
     def set_epoch(self, epoch):
+        super().set_epoch(epoch)
         self.epoch = epoch
 
     def ordered_indices(self):
         if not self.shuffle:
             return np.arange(len(self))
-        # a permutation seeded by --seed, new for every epoch
         return np.random.RandomState(self.seed + self.epoch).permutation(len(self))
+
+    @property
+    def can_reuse_epoch_itr_across_epochs(self):
+        return True
+
+
+def classification_dataset(documents, targets, pad_idx: Optional[int], shuffle: bool, seed: int):
+    """Samples of one or two documents (Retrieval) and a class each, built like fairseq's
+    ``sentence_prediction`` task builds them. ``documents``: datasets of token tensors (right-padded
+    with ``pad_idx``) or of real-valued rows (``pad_idx`` None). Batches: ``{id, nsentences,
+    ntokens, net_input: {src_tokens, src_lengths[, src_tokens1, src_lengths1]}, target}``;
+    ``ntokens`` counts the tokens of every document."""
+    net_input = {}
+    for suffix, document in zip(("", "1"), documents):
+        net_input["src_tokens" + suffix] = document if pad_idx is None else RightPadDataset(document, pad_idx)
+        net_input["src_lengths" + suffix] = NumelDataset(document, reduce=False)
+    every_token = documents[0] if len(documents) == 1 else ConcatSentencesDataset(*documents)
+    dataset = NestedDictionaryDataset(
+        {"id": IdDataset(), "nsentences": NumSamplesDataset(), "ntokens": NumelDataset(every_token, reduce=True),
+         "net_input": net_input, "target": RawLabelDataset(targets)},
+        sizes=[np.maximum.reduce([np.asarray(d.sizes, dtype=np.int64) for d in documents])])
+    return EpochShuffledDataset(dataset, shuffle, seed)
 
 
 def _require(path: str, what: str) -> str:
@@ -141,8 +153,33 @@ def _require(path: str, what: str) -> str:
     return path
 
 
+class ClassificationTask(FairseqTask):
+    """What the LRA tasks and ``speech_commands`` share: one class per input, the model's length
+    limit, dictionaries (none for real-valued inputs) and the datasets' composition and order."""
+
+    dictionary: Optional[Dictionary] = None
+    label_dictionary: Optional[Dictionary] = None
+
+    def set_classification_dataset(self, split: str, documents, targets, pad_idx: Optional[int] = None):
+        """``self.datasets[split]`` from ``documents`` and ``targets`` (see ``classification_dataset``):
+        the training split shuffled per epoch (unless ``--no-shuffle``), the others in file order."""
+        self.datasets[split] = classification_dataset(
+            documents, targets, pad_idx, shuffle=not self.cfg.no_shuffle and split == "train", seed=self.cfg.seed)
+
+    def max_positions(self):
+        return self.cfg.max_positions
+
+    @property
+    def source_dictionary(self):
+        return self.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.label_dictionary
+
+
 @register_task("lra-text", dataclass=LRATextConfig)
-class LRATextTask(FairseqTask):
+class LRATextTask(ClassificationTask):
     """ListOps, Text (IMDB) and Retrieval (AAN, two documents when ``src1-bin`` exists)."""
 
     expected_input_type = "text"
@@ -177,33 +214,32 @@ class LRATextTask(FairseqTask):
             raise FileNotFoundError(f"LRA data: split {split!r} not found: {prefix}.{{bin,idx}}")
         return dataset
 
+    def _document(self, folder: str, split: str):
+        """One document's tokens: ``<CLS>`` first with ``--sen-rep-type cls``, at most ``--max-positions``."""
+        tokens = self._load_tokens(folder, split)
+        if self.cfg.sen_rep_type == "cls":
+            tokens = PrependTokenDataset(tokens, self.dictionary.index(CLS))
+        if self.cfg.max_positions is not None:
+            tokens = TruncateDataset(tokens, self.cfg.max_positions)
+        return tokens
+
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
-        sources = self._load_tokens("src-bin", split)
-        sources1 = self._load_tokens("src1-bin", split) if self.two_documents else None
+        documents = [self._document("src-bin", split)]
+        if self.two_documents:
+            documents.append(self._document("src1-bin", split))
         label_prefix = os.path.join(self.cfg.data, "label-bin", split)
         labels = data_utils.load_indexed_dataset(label_prefix, self.label_dictionary)
         if labels is None:
             raise FileNotFoundError(f"LRA data: labels of split {split!r} not found: {label_prefix}.{{bin,idx}}")
-        # "<label> </s>" per line; the class id is the label symbol's index after the specials
+        # "<label> </s>" per line; the class id is the label symbol's index after the specials. Read
+        # into memory at once (8 bytes per example; their number is checked here): one integer per
+        # sample, as the models expect (sentence_prediction's OffsetTokensDataset(StripTokenDataset)
+        # would give (B, 1) targets)
         targets = np.array([int(labels[i][0]) - self.label_dictionary.nspecial for i in range(len(labels))])
-        if len(targets) != len(sources) or (sources1 is not None and len(sources1) != len(sources)):
-            raise ValueError(f"LRA data: split {split!r} has {len(sources)} inputs but {len(targets)} labels")
-        prepend = self.dictionary.index(CLS) if self.cfg.sen_rep_type == "cls" else None
-        self.datasets[split] = LRAClassificationDataset(
-            sources, targets, self.cfg.max_positions, self.dictionary.pad(), sources1, prepend=prepend,
-            shuffle=not self.cfg.no_shuffle and split == "train", seed=self.cfg.seed)
-        logger.info(f"loaded {len(sources)} examples from {split}")
-
-    def max_positions(self):
-        return self.cfg.max_positions
-
-    @property
-    def source_dictionary(self):
-        return self.dictionary
-
-    @property
-    def target_dictionary(self):
-        return self.label_dictionary
+        if any(len(document) != len(targets) for document in documents):
+            raise ValueError(f"LRA data: split {split!r} has {len(documents[0])} inputs but {len(targets)} labels")
+        self.set_classification_dataset(split, documents, targets, self.dictionary.pad())
+        logger.info(f"loaded {len(targets)} examples from {split}")
 
 
 @register_task("lra-image", dataclass=LRAImageConfig)
@@ -235,18 +271,9 @@ class LRAImageTask(LRATextTask):
     def load_dataset(self, split: str, epoch: int = 1, combine: bool = False, **kwargs):
         mean, std = self.cfg.pixel_normalization
         pixels, targets = load_image_split(self.cfg.data, split)
-        self.datasets[split] = LRAClassificationDataset(
-            pixels, targets, self.cfg.max_positions, pixel_normalization=(mean, std),
-            shuffle=not self.cfg.no_shuffle and split == "train", seed=self.cfg.seed)
+        samples = RealValuedSamplesDataset(pixels, mean, std, scale=255.0, max_len=self.cfg.max_positions)
+        self.set_classification_dataset(split, [samples], targets)
         logger.info(f"loaded {len(pixels)} images of {pixels.shape[1]} pixels from {split}")
-
-    @property
-    def source_dictionary(self):
-        return None
-
-    @property
-    def target_dictionary(self):
-        return None
 
 
 # --------------------------------------------------------------------------- memory-mapped arrays

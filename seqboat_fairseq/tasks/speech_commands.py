@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
-from fairseq.tasks import FairseqTask, register_task
+from fairseq.tasks import register_task
 from omegaconf import II
 
-from .lra import LRAClassificationDataset, load_labels, open_npy
+from .lra import ClassificationTask, RealValuedSamplesDataset, load_labels, open_npy
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def read_meta(data: str) -> dict:
 
 
 @register_task("speech_commands", dataclass=SpeechCommandsConfig)
-class SpeechCommandsTask(FairseqTask):
+class SpeechCommandsTask(ClassificationTask):
     """SC10 raw waveforms: 16,000 real-valued samples per clip, 10 classes."""
 
     def __init__(self, cfg: SpeechCommandsConfig, meta: dict):
@@ -100,10 +100,8 @@ class SpeechCommandsTask(FairseqTask):
         labels = load_labels(os.path.join(self.cfg.data, "label", f"{split}.npy"), len(waves), inputs, PREP,
                              num_classes=len(self.classes))
         mean, std = float(self.meta["train_mean"]), float(self.meta["train_std"])
-        self.datasets[split] = LRAClassificationDataset(
-            waves, labels, None, pixel_normalization=(mean, std + NORMALIZATION_EPS),
-            value_scale=float(self.meta["sample_scale"]), shuffle=not self.cfg.no_shuffle and split == "train",
-            seed=self.cfg.seed)
+        samples = RealValuedSamplesDataset(waves, mean, std + NORMALIZATION_EPS, scale=float(self.meta["sample_scale"]))
+        self.set_classification_dataset(split, [samples], labels)
         logger.info(f"loaded {len(waves):,} clips of {self.clip_samples:,} samples from {split} (memory-mapped)")
 
     def build_model(self, cfg, from_checkpoint=False):
@@ -113,14 +111,3 @@ class SpeechCommandsTask(FairseqTask):
             raise ValueError(f"--sentence-class-num {classes} does not match the {len(self.classes)} classes of "
                              f"{os.path.join(self.cfg.data, META)} ({', '.join(self.classes)})")
         return model
-
-    def max_positions(self):
-        return self.cfg.max_positions
-
-    @property
-    def source_dictionary(self):
-        return None
-
-    @property
-    def target_dictionary(self):
-        return None
