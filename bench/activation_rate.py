@@ -31,7 +31,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    code_revision, emit, format_table, median, parse_float_list, setup_torch, timed_when_quiet, wait_until_quiet,
+    add_model_shape_args, add_quiet_args, add_threads_seed_args, code_revision, emit, format_table, median,
+    parse_float_list, resolve_model_shape, setup_torch, timed_when_quiet, wait_until_quiet,
 )
 
 
@@ -39,26 +40,14 @@ def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq-len", type=int, default=4096, help="sequence length L")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--dim", type=int, default=256, help="model width D")
-    p.add_argument("--hidden-dim", type=int, default=None, help="GAU value dim H (default 2D)")
-    p.add_argument("--z-dim", type=int, default=128, help="shared query/key dim Z")
-    p.add_argument("--n-dim", type=int, default=16, help="MD-EMA expansion dim N")
-    p.add_argument("--window", type=int, default=128, help="working memory w (<= 0: SeqBoat-full)")
-    p.add_argument("--truncation", type=int, default=0, help="MD-EMA truncation (0: none)")
-    p.add_argument("--rel-pos", default="rotary", choices=["rotary", "simple"])
+    add_model_shape_args(p, layers=False, transformer=False)
     p.add_argument("--rates", default="0.1,0.25,0.5,1.0", help="forced activation rates")
     p.add_argument("--no-always-active", action="store_true", help="skip the always_active reference row")
     p.add_argument("--no-gau", action="store_true", help="skip the GAU-only timings")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per measurement")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--wait-quiet", type=float, default=30.0,
-                   help="wait up to this many seconds for other processes to leave the CPU before each round")
-    p.add_argument("--max-tries", type=int, default=3,
-                   help="re-time a call disturbed by other processes (after waiting), up to this many calls")
-    p.add_argument("--quiet-threshold", type=float, default=0.25,
-                   help="cores used by other processes above which the run counts as disturbed")
+    add_threads_seed_args(p)
+    add_quiet_args(p, wait_quiet=30.0, before="round")
     p.add_argument("--target-rate", type=float, default=0.25, help="rate of the target check (vs 100%%)")
     p.add_argument("--target-ratio", type=float, default=0.5, help="target: time(target rate) <= this x time(100%%)")
     return p
@@ -97,8 +86,7 @@ class Measurement:
 
 
 def main():
-    args = get_parser().parse_args()
-    args.hidden_dim = args.hidden_dim or 2 * args.dim
+    args = resolve_model_shape(get_parser().parse_args())
     threads = setup_torch(args.threads, args.seed)
     import torch
 

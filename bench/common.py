@@ -71,18 +71,85 @@ def build_from_cli(*cli_args: str):
     return model, task
 
 
-def add_model_shape_args(p) -> None:
-    """The model-shape flags of the profiling scripts (defaults: train_step.py's table)."""
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden-dim", type=int, default=None)
-    p.add_argument("--z-dim", type=int, default=128)
-    p.add_argument("--n-dim", type=int, default=16)
-    p.add_argument("--window", type=int, default=128)
-    p.add_argument("--truncation", type=int, default=0)
-    p.add_argument("--rel-pos", default="rotary", choices=["rotary", "simple"])
-    p.add_argument("--ffn-dim", type=int, default=None)
-    p.add_argument("--heads", type=int, default=None)
+def add_model_shape_args(p, *, layers: bool = True, transformer: bool = True) -> None:
+    """The model-shape flags of the benchmarks (defaults: train_step.py's table); ``layers``: with
+    ``--layers``, ``transformer``: with the Transformer's ``--ffn-dim`` / ``--heads``."""
+    p.add_argument("--dim", type=int, default=256, help="model width D")
+    if layers:
+        p.add_argument("--layers", type=int, default=4, help="number of layers")
+    p.add_argument("--hidden-dim", type=int, default=None, help="SeqBoat GAU value dim H (default 2D)")
+    p.add_argument("--z-dim", type=int, default=128, help="SeqBoat shared query/key dim Z")
+    p.add_argument("--n-dim", type=int, default=16, help="SeqBoat MD-EMA expansion dim N")
+    p.add_argument("--window", type=int, default=128,
+                   help="SeqBoat working memory w (--decoder-chunk-size; -1: SeqBoat-full)")
+    p.add_argument("--truncation", type=int, default=0, help="SeqBoat MD-EMA --truncation-length (0: none)")
+    p.add_argument("--rel-pos", default="rotary", choices=["rotary", "simple"], help="SeqBoat --rel-pos-bias")
+    if transformer:
+        p.add_argument("--ffn-dim", type=int, default=None, help="Transformer FFN dim (default 2D)")
+        p.add_argument("--heads", type=int, default=None, help="Transformer heads (default D/64)")
+
+
+def resolve_model_shape(args):
+    """Fills the shape defaults that depend on ``--dim``: H = 2D, and (with the Transformer's
+    flags) FFN = 2D and D/64 heads. Returns ``args``."""
+    args.hidden_dim = args.hidden_dim or 2 * args.dim
+    if hasattr(args, "ffn_dim"):
+        args.ffn_dim = args.ffn_dim or 2 * args.dim
+        args.heads = args.heads or max(args.dim // 64, 1)
+    return args
+
+
+def add_threads_seed_args(p) -> None:
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_quiet_args(p, *, wait_quiet: float, before: str, retime: bool = True) -> None:
+    """``--wait-quiet`` (wait for other processes to leave the CPU before each ``before``) and,
+    with ``retime``, ``--max-tries`` / ``--quiet-threshold`` (see :func:`timed_when_quiet`)."""
+    p.add_argument("--wait-quiet", type=float, default=wait_quiet,
+                   help=f"before each {before}, wait up to this many seconds for other processes to leave the CPU "
+                        "(0: do not wait)")
+    if retime:
+        p.add_argument("--max-tries", type=int, default=3,
+                       help="re-time a call disturbed by other processes (after waiting), up to this many calls")
+        p.add_argument("--quiet-threshold", type=float, default=0.25,
+                       help="cores used by other processes above which a call counts as disturbed")
+
+
+def build_model(args, kind: str, max_len: int, *extra_cli: str):
+    """One benchmark model (:func:`model_cli_args`) of the shape flags in ``args``
+    (:func:`add_model_shape_args`, resolved), built as fairseq-train would. Returns ``(model, task)``."""
+    cli = model_cli_args(kind, dim=args.dim, layers=args.layers, hidden=args.hidden_dim, zdim=args.z_dim,
+                         ndim=args.n_dim, window=args.window, ffn=args.ffn_dim, heads=args.heads, max_len=max_len,
+                         truncation=args.truncation, rel_pos=args.rel_pos)
+    return build_from_cli(*cli, *extra_cli)
+
+
+def lm_loss_backward(model, tokens) -> None:
+    """Forward + next-token cross-entropy + backward of one LM step over ``tokens (B, L + 1)``."""
+    import torch.nn.functional as F
+
+    logits, _ = model(tokens[:, :-1])
+    F.cross_entropy(logits.float().view(-1, logits.size(-1)), tokens[:, 1:].reshape(-1)).backward()
+
+
+def random_tokens(task, seq_len: int, seed: int = 0):
+    """``(1, seq_len + 1)`` random byte tokens of the task's dictionary (no special symbols)."""
+    import torch
+
+    d = task.target_dictionary
+    return torch.randint(d.nspecial, len(d), (1, seq_len + 1), generator=torch.Generator().manual_seed(seed))
+
+
+def add_profile_args(p) -> None:
+    """The flags the two profilers share after ``--model``: the length, the model shape, warm-up,
+    threads, seed and table size."""
+    p.add_argument("--seq-len", type=int, default=4096)
+    add_model_shape_args(p)
+    p.add_argument("--warmup", type=int, default=1)
+    add_threads_seed_args(p)
+    p.add_argument("--top", type=int, default=15, help="rows per table")
 
 
 MODEL_KINDS = ("seqboat", "seqboat_full", "always_active", "transformer")
@@ -95,7 +162,10 @@ def model_cli_args(kind: str, *, dim: int, layers: int, hidden: int, zdim: int, 
     common = ["--tokens-per-sample", str(max_len), "--max-target-positions", str(max_len),
               "--dropout", "0", "--attention-dropout", "0"]
     if kind == "transformer":
+        # input/output dims default to 512 in fairseq's config, not to the embedding dim: without
+        # them the Transformer gets two extra projections
         return ["--arch", "transformer_lm", "--decoder-embed-dim", str(dim),
+                "--decoder-input-dim", str(dim), "--decoder-output-dim", str(dim),
                 "--decoder-layers", str(layers), "--decoder-ffn-embed-dim", str(ffn),
                 "--decoder-attention-heads", str(heads), "--activation-dropout", "0", *common]
     if kind not in MODEL_KINDS:
@@ -291,3 +361,28 @@ def code_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         head = "unknown"
     return f"{head} lib:{library_hash()}"
+
+
+# --------------------------------------------------------------------------- worker subprocesses
+RESULT_PREFIX = "RESULT "
+
+
+def run_result_subprocess(cmd: Sequence[str], timeout: float, failure: Dict) -> Dict:
+    """Runs a benchmark worker (``cmd``, from the repository root) and returns the JSON object of its line
+    ``RESULT {json}`` plus ``wall_s_total``; or ``failure`` with an ``error`` saying why there is none
+    (timeout, killed, exit status and the tail of its output)."""
+    import subprocess
+
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(list(cmd), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**failure, "error": f"timeout after {timeout}s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            record = json.loads(line[len(RESULT_PREFIX):])
+            record["wall_s_total"] = round(time.perf_counter() - start, 1)
+            return record
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    why = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit {proc.returncode}"
+    return {**failure, "error": f"{why}: {' | '.join(tail)}"}

@@ -109,8 +109,8 @@ PLUGIN_DIR = os.path.join(REPO_ROOT, "seqboat_fairseq")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (ContentionMeter, build_from_cli, emit, format_cell, format_table, median,  # noqa: E402
-                    parse_int_list, wait_until_quiet)
+from common import (ContentionMeter, add_quiet_args, add_threads_seed_args, build_from_cli, emit,  # noqa: E402
+                    format_cell, format_table, median, parse_int_list, wait_until_quiet)
 
 SEQBOAT_ARCH = "seqboat_lm_enwik8_base"
 MODELS = ("seqboat", "transformer", "upstream")
@@ -458,11 +458,8 @@ def get_parser():
     p.add_argument("--device", default="cpu", help="cpu or cuda (timings synchronise the GPU)")
     p.add_argument("--heads", type=int, default=8, help="Transformer attention heads")
     p.add_argument("--ffn-dim", type=int, default=2464, help="Transformer FFN dim (4D = 2 x H)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--wait-quiet", type=float, default=20.0,
-                   help="before each timed phase, wait up to this many seconds for other processes to "
-                        "use < --quiet-threshold cores (0: do not wait)")
+    add_threads_seed_args(p)
+    add_quiet_args(p, wait_quiet=20.0, before="timed phase", retime=False)
     p.add_argument("--wait-budget", type=float, default=120.0, help="total seconds of such waiting per run")
     p.add_argument("--quiet-threshold", type=float, default=0.25)
     p.add_argument("--retries", type=int, default=1,
@@ -512,6 +509,7 @@ def main(argv=None):
                   f"truncation={first.ema.truncation}", flush=True)
         if "transformer" in models:
             transformer, _ = build_lm("--arch", "transformer_lm", "--decoder-embed-dim", "616",
+                                      "--decoder-input-dim", "616", "--decoder-output-dim", "616",
                                       "--decoder-ffn-embed-dim", str(args.ffn_dim),
                                       "--decoder-attention-heads", str(args.heads),
                                       "--decoder-layers", str(args.layers), "--dropout", "0",

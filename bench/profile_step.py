@@ -22,21 +22,17 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (add_model_shape_args,  # noqa: E402
-    MODEL_KINDS, REPO_ROOT, build_from_cli, code_revision, model_cli_args, setup_torch, wait_until_quiet,
+from common import (  # noqa: E402
+    MODEL_KINDS, REPO_ROOT, add_profile_args, add_quiet_args, build_model, code_revision, lm_loss_backward,
+    random_tokens, resolve_model_shape, setup_torch, wait_until_quiet,
 )
 
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="seqboat", choices=MODEL_KINDS)
-    p.add_argument("--seq-len", type=int, default=4096)
-    add_model_shape_args(p)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top", type=int, default=15)
-    p.add_argument("--wait-quiet", type=float, default=30.0)
+    add_profile_args(p)
+    add_quiet_args(p, wait_quiet=30.0, before="profiled step", retime=False)
     return p
 
 
@@ -79,28 +75,17 @@ def source_frame(event, cache) -> str:
 
 
 def main():
-    args = get_parser().parse_args()
-    args.hidden_dim = args.hidden_dim or 2 * args.dim
-    args.ffn_dim = args.ffn_dim or 2 * args.dim
-    args.heads = args.heads or max(args.dim // 64, 1)
+    args = resolve_model_shape(get_parser().parse_args())
     setup_torch(args.threads, args.seed)
-    import torch
-    import torch.nn.functional as F
     from torch.profiler import ProfilerActivity, profile
 
-    cli = model_cli_args(args.model, dim=args.dim, layers=args.layers, hidden=args.hidden_dim,
-                         zdim=args.z_dim, ndim=args.n_dim, window=args.window, ffn=args.ffn_dim,
-                         heads=args.heads, max_len=args.seq_len, truncation=args.truncation,
-                         rel_pos=args.rel_pos)
-    model, task = build_from_cli(*cli)
+    model, task = build_model(args, args.model, args.seq_len)
     model.train()
-    d = task.target_dictionary
-    tokens = torch.randint(d.nspecial, len(d), (1, args.seq_len + 1), generator=torch.Generator().manual_seed(0))
+    tokens = random_tokens(task, args.seq_len)
 
     def step():
         model.zero_grad(set_to_none=True)
-        logits, _ = model(tokens[:, :-1])
-        F.cross_entropy(logits.float().view(-1, logits.size(-1)), tokens[:, 1:].reshape(-1)).backward()
+        lm_loss_backward(model, tokens)
 
     for _ in range(args.warmup):
         step()

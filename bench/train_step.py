@@ -27,18 +27,15 @@ target of issue 9 at 4k and 8k).
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    MB, MODEL_KINDS, REPO_ROOT, build_from_cli, count_parameters, emit, format_table, median, model_cli_args,
-    code_revision, model_label, parse_int_list, peak_rss_mb, rss_mb, setup_torch, timed_when_quiet,
-    wait_until_quiet,
+    MB, MODEL_KINDS, RESULT_PREFIX, add_model_shape_args, add_quiet_args, add_threads_seed_args, build_model,
+    count_parameters, emit, format_table, median, code_revision, model_label, parse_int_list, peak_rss_mb,
+    resolve_model_shape, rss_mb, run_result_subprocess, setup_torch, timed_when_quiet, wait_until_quiet,
 )
 
-RESULT_PREFIX = "RESULT "
 CHECKPOINT_SUFFIX = "+ckpt"  # <kind>+ckpt: the model built with --checkpoint-activations
 DEFAULT_MODELS = (*MODEL_KINDS, "seqboat" + CHECKPOINT_SUFFIX, "transformer" + CHECKPOINT_SUFFIX)
 
@@ -98,29 +95,14 @@ def get_parser():
                         f"{CHECKPOINT_SUFFIX} (built with --checkpoint-activations)")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per (model, length); median reported")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per (model, length)")
-    p.add_argument("--dim", type=int, default=256, help="model width D (all models)")
-    p.add_argument("--layers", type=int, default=4, help="number of layers (all models)")
-    p.add_argument("--hidden-dim", type=int, default=None, help="SeqBoat GAU value dim H (default 2D)")
-    p.add_argument("--z-dim", type=int, default=128, help="SeqBoat shared query/key dim Z")
-    p.add_argument("--n-dim", type=int, default=16, help="SeqBoat MD-EMA expansion dim N")
-    p.add_argument("--window", type=int, default=128, help="SeqBoat working memory w (--decoder-chunk-size)")
-    p.add_argument("--truncation", type=int, default=0, help="SeqBoat --truncation-length (0: none)")
-    p.add_argument("--rel-pos", default="rotary", choices=["rotary", "simple"], help="SeqBoat --rel-pos-bias")
-    p.add_argument("--ffn-dim", type=int, default=None, help="Transformer FFN dim (default 2D)")
-    p.add_argument("--heads", type=int, default=None, help="Transformer heads (default D/64)")
+    add_model_shape_args(p)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda (GPU: times include a synchronize; "
                                                    "alloc_mb is torch.cuda.max_memory_allocated)")
     p.add_argument("--optimizer-step", action="store_true", help="include an Adam step in each timed step")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
-    p.add_argument("--seed", type=int, default=0)
+    add_threads_seed_args(p)
     p.add_argument("--timeout", type=int, default=900, help="seconds allowed per (model, length) subprocess")
-    p.add_argument("--wait-quiet", type=float, default=20.0,
-                   help="before each timed step wait up to this many seconds for other processes to leave the CPU")
-    p.add_argument("--max-tries", type=int, default=3,
-                   help="re-time a step disturbed by other processes, up to this many calls per repeat")
-    p.add_argument("--quiet-threshold", type=float, default=0.25,
-                   help="cores used by other processes above which a row counts as disturbed")
+    add_quiet_args(p, wait_quiet=20.0, before="timed step")
     p.add_argument("--retries", type=int, default=0,
                    help="re-run a whole row (new subprocess) still disturbed after that, up to this many times")
     p.add_argument("--baseline", default="transformer", help="model kind the ratios compare against")
@@ -129,13 +111,6 @@ def get_parser():
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)
     p.add_argument("--seq-len", type=int, default=None, help=argparse.SUPPRESS)
     return p
-
-
-def resolved(args):
-    args.hidden_dim = args.hidden_dim or 2 * args.dim
-    args.ffn_dim = args.ffn_dim or 2 * args.dim
-    args.heads = args.heads or max(args.dim // 64, 1)
-    return args
 
 
 # --------------------------------------------------------------------------- worker
@@ -148,11 +123,7 @@ def run_worker(args) -> dict:
 
     max_len = max(parse_int_list(args.seq_lens) + [args.seq_len])
     kind, checkpointed = split_kind(args.model)
-    cli = model_cli_args(kind, dim=args.dim, layers=args.layers, hidden=args.hidden_dim,
-                         zdim=args.z_dim, ndim=args.n_dim, window=args.window, ffn=args.ffn_dim,
-                         heads=args.heads, max_len=max_len, truncation=args.truncation,
-                         rel_pos=args.rel_pos)
-    model, task = build_from_cli(*cli, *(["--checkpoint-activations"] if checkpointed else []))
+    model, task = build_model(args, kind, max_len, *(["--checkpoint-activations"] if checkpointed else []))
     device = torch.device(args.device)
     model.to(device).train()  # dropout is 0 anyway; training mode as in fairseq-train
     # layers wrapped by --checkpoint-activations (fairseq's checkpoint_wrapper marks them)
@@ -255,26 +226,12 @@ def run_pair_once(args, kind: str, seq_len: int) -> dict:
         cmd += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     if args.optimizer_step:
         cmd.append("--optimizer-step")
-    label = row_label(kind, args.window)
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"bench": "train_step", "model": label, "kind": kind, "seq_len": seq_len,
-                "error": f"timeout after {args.timeout}s"}
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            record = json.loads(line[len(RESULT_PREFIX):])
-            record["wall_s_total"] = round(time.perf_counter() - start, 1)
-            return record
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    why = "killed (out of memory?)" if proc.returncode in (-9, 137) else f"exit {proc.returncode}"
-    return {"bench": "train_step", "model": label, "kind": kind, "seq_len": seq_len,
-            "error": f"{why}: {' | '.join(tail)}"}
+    failure = {"bench": "train_step", "model": row_label(kind, args.window), "kind": kind, "seq_len": seq_len}
+    return run_result_subprocess(cmd, args.timeout, failure)
 
 
 def main():
-    args = resolved(get_parser().parse_args())
+    args = resolve_model_shape(get_parser().parse_args())
     if args.worker:
         record = run_worker(args)
         print(RESULT_PREFIX + json.dumps(record), flush=True)

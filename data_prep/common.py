@@ -91,6 +91,27 @@ def current_umask():
     return mask
 
 
+def open_input(path, what=None):
+    """``open(path, "rb")`` of an input file; a missing or unreadable file raises PrepError
+    ``<what>: no such file`` / ``<what>: cannot read: <reason>`` (``what``: default ``path``)."""
+    what = path if what is None else what
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise PrepError(f"{what}: no such file") from None
+    except OSError as exc:
+        raise PrepError(f"{what}: cannot read: {exc.strerror or exc}") from None
+
+
+def read_input(path, what=None):
+    """The bytes of an input file (errors as :func:`open_input`)."""
+    with open_input(path, what) as f:
+        try:
+            return f.read()
+        except OSError as exc:
+            raise PrepError(f"{path if what is None else what}: cannot read: {exc.strerror or exc}") from None
+
+
 def os_error_message(exc):
     """``path: reason`` of an OSError."""
     reason = exc.strerror or str(exc)

@@ -49,13 +49,8 @@ import numpy as np
 if __name__ == "__main__":  # run as a script: make the data_prep package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data_prep.common import (  # noqa: E402
-    PrepError,
-    build_atomically,
-    check_destdir,
-    install_signal_handlers,
-    run_reporting_errors,
-)
+from data_prep.common import PrepError, build_atomically, check_destdir  # noqa: E402
+from data_prep.common import install_signal_handlers, read_input, run_reporting_errors  # noqa: E402
 
 PROG = "enwik8.py"
 ENWIK8_SIZE = 10**8
@@ -140,13 +135,7 @@ def read_text_corpus(paths):
     """
     parts = []
     for path in paths:
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            raise PrepError(f"{path}: no such file") from None
-        except OSError as exc:
-            raise PrepError(f"{path}: cannot read: {exc.strerror}") from None
+        raw = read_input(path)
         if not raw:
             raise PrepError(f"{path}: file is empty")
         try:

@@ -101,6 +101,7 @@ from data_prep.common import (  # noqa: E402
     build_atomically,
     check_destdir,
     install_signal_handlers,
+    open_input,
     run_guarded,
     warn,
     run_reporting_errors,
@@ -173,15 +174,6 @@ def parse_label(text, num_classes, where, allow_float=False):
         expected = "0 or 1" if num_classes == 2 else f"0-{num_classes - 1}"
         raise PrepError(f"{where}: label {value} is outside the expected set {expected}")
     return value
-
-
-def _open_binary(path):
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise PrepError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise PrepError(f"{path}: cannot read: {exc.strerror}") from None
 
 
 def _strip_eol(raw):
@@ -270,18 +262,25 @@ def pixel_line(pixels):
 # --------------------------------------------------------------------------- ListOps
 
 
+def _split_paths(input_dir, files, folder, expected):
+    """``{split: path}`` of ``files`` (``{split: file name}``) in ``input_dir``; raises PrepError
+    (naming ``folder``, or ``expected`` for a missing file) if the folder or any file is missing."""
+    _require_dir(input_dir, folder)
+    paths = {split: os.path.join(input_dir, name) for split, name in files.items()}
+    for path in paths.values():
+        _require_file(path, expected)
+    return paths
+
+
 def listops_paths(input_dir):
     """``{split: path}`` of the ListOps tsv files; raises PrepError if any is missing."""
-    _require_dir(input_dir, "the LRA release's listops-1000/ folder")
-    paths = {split: os.path.join(input_dir, name) for split, name in LISTOPS_FILES.items()}
-    for path in paths.values():
-        _require_file(path, "the LRA release's listops-1000/ folder with basic_train.tsv, basic_val.tsv, basic_test.tsv")
-    return paths
+    return _split_paths(input_dir, LISTOPS_FILES, "the LRA release's listops-1000/ folder",
+                        "the LRA release's listops-1000/ folder with basic_train.tsv, basic_val.tsv, basic_test.tsv")
 
 
 def read_listops(path):
     """Yield ``((tokens,), label, 'file:line')`` for each example of a ListOps tsv file (header ``Source\\tTarget``)."""
-    with _open_binary(path) as f:
+    with open_input(path) as f:
         header = _decode(_strip_eol(f.readline()), f"{path}:1")
         if header.split("\t") != LISTOPS_HEADER:
             raise PrepError(f"{path}:1: expected the header 'Source<TAB>Target', got {header[:60]!r}")
@@ -331,7 +330,7 @@ def list_imdb_reviews(root, split):
 def read_reviews(reviews):
     """Yield ``((bytes,), label)`` for each ``(path, label)``."""
     for path, label in reviews:
-        with _open_binary(path) as f:
+        with open_input(path) as f:
             yield (f.read(),), label
 
 
@@ -340,16 +339,13 @@ def read_reviews(reviews):
 
 def aan_paths(input_dir):
     """``{split: path}`` of the AAN tsv files; raises PrepError if any is missing."""
-    _require_dir(input_dir, "the LRA release's tsv_data/ folder")
-    paths = {split: os.path.join(input_dir, name) for split, name in AAN_FILES.items()}
-    for path in paths.values():
-        _require_file(path, "the LRA release's tsv_data/ folder with new_aan_pairs.{train,eval,test}.tsv")
-    return paths
+    return _split_paths(input_dir, AAN_FILES, "the LRA release's tsv_data/ folder",
+                        "the LRA release's tsv_data/ folder with new_aan_pairs.{train,eval,test}.tsv")
 
 
 def read_aan(path):
     """Yield ``((text1, text2), label)`` (texts as raw bytes) for each line of an AAN tsv file."""
-    with _open_binary(path) as f:
+    with open_input(path) as f:
         for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
             line = _strip_eol(raw)
@@ -486,7 +482,7 @@ def read_pathfinder_metadata(difficulty_dir):
     samples = []
     for _, name in sorted(numbered):
         path = os.path.join(meta_dir, name)
-        with _open_binary(path) as f:
+        with open_input(path) as f:
             content = f.read()
         if content.startswith(b"\x93NUMPY"):
             raise PrepError(f"{path}: a binary NumPy file; expected the LRA release's text metadata")

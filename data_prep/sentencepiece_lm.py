@@ -63,14 +63,8 @@ import numpy as np
 if __name__ == "__main__":  # run as a script: make the data_prep package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data_prep.common import (  # noqa: E402
-    PrepError,
-    build_atomically,
-    check_destdir,
-    install_signal_handlers,
-    run_reporting_errors,
-    warn,
-)
+from data_prep.common import PrepError, build_atomically, check_destdir  # noqa: E402
+from data_prep.common import install_signal_handlers, read_input, run_reporting_errors, warn  # noqa: E402
 from data_prep.enwik8 import pydoc_demo_corpus, read_text_corpus  # noqa: E402
 
 PROG = "sentencepiece_lm.py"
@@ -196,13 +190,7 @@ def train_model(train_lines, vocab_size, model_type, character_coverage, byte_fa
 
 def read_model(path):
     """The bytes of an existing sentencepiece model (checked by loading it)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise PrepError(f"--spm-model {path}: no such file") from None
-    except OSError as exc:
-        raise PrepError(f"--spm-model {path}: cannot read: {exc.strerror or exc}") from None
+    data = read_input(path, f"--spm-model {path}")
     load_processor(data, f"--spm-model {path}")
     return data
 

@@ -61,13 +61,8 @@ from tqdm import tqdm
 if __name__ == "__main__":  # run as a script: make the data_prep package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data_prep.common import (  # noqa: E402
-    PrepError,
-    build_atomically,
-    check_destdir,
-    install_signal_handlers,
-    run_reporting_errors,
-)
+from data_prep.common import PrepError, build_atomically, check_destdir  # noqa: E402
+from data_prep.common import install_signal_handlers, run_reporting_errors  # noqa: E402
 
 PROG = "speech_commands.py"
 CLASSES = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")

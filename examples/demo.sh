@@ -16,14 +16,8 @@ echo "== 1/4 data: Python's pydoc text as an enwik8-style byte corpus"
 python data_prep/enwik8.py --pydoc-demo --max-bytes 400000 --destdir "$DATA" --force
 
 echo "== 2/4 train seqboat_lm_tiny for $UPDATES updates (RAdam + linear_decay, as the enwik8 recipe)"
-fairseq-train "$DATA" --user-dir seqboat_fairseq --task language_modeling --arch seqboat_lm_tiny \
-  --criterion seqboat_cross_entropy --tokens-per-sample 512 --batch-size 8 \
-  --optimizer radam --radam-betas '(0.9, 0.98)' --weight-decay 0.01 --clip-norm 0.25 \
-  --lr 4e-3 --lr-scheduler linear_decay --warmup-updates 60 --warmup-init-lr 1e-4 \
-  --total-num-update "$UPDATES" --max-update "$UPDATES" \
-  --save-dir "$CKPT" --no-epoch-checkpoints --validate-interval-updates 200 \
-  --log-format simple --log-interval 50 --tensorboard-logdir "$WORK/tensorboard" \
-  --cpu --num-workers 0 --seed 1 2>&1 | tee "$WORK/train.log" | grep -E "train_inner|valid on|done training"
+bash examples/train_tiny_lm.sh "$DATA" "$CKPT" "$UPDATES" --tokens-per-sample 512 \
+  --tensorboard-logdir "$WORK/tensorboard" 2>&1 | tee "$WORK/train.log" | grep -E "train_inner|valid on|done training"
 
 echo "== 3/4 evaluate: bits per character on the test split (256 tokens of context per block)"
 fairseq-eval-lm "$DATA" --user-dir seqboat_fairseq --path "$CKPT/checkpoint_best.pt" --gen-subset test \

@@ -42,6 +42,23 @@ PLUGIN_DIR = os.path.join(REPO_ROOT, "seqboat_fairseq")
 from seqboat_fairseq.testing import build_from_cli, write_byte_dictionary, write_lra_dictionaries  # noqa: E402,F401
 
 
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    """A data directory with a byte dictionary, for building language models."""
+    return write_byte_dictionary(tmp_path_factory.mktemp("bytes"))
+
+
+@pytest.fixture(scope="module")
+def lra_dirs(tmp_path_factory):
+    """Data directories for building LRA classifiers: ``text`` (dictionaries), ``aan`` (two
+    documents, labels 0 / 1) and ``image`` (an empty pixel input directory)."""
+    root = tmp_path_factory.mktemp("lra")
+    os.makedirs(root / "image" / "input")
+    return {"text": write_lra_dictionaries(root / "text"),
+            "aan": write_lra_dictionaries(root / "aan", labels=("0", "1"), two_documents=True),
+            "image": str(root / "image")}
+
+
 def build_lm(data_dir, *cli_args):
     """Builds a SeqBoat LM exactly as fairseq-train would, from command-line arguments."""
     return build_from_cli(data_dir, "language_modeling", *cli_args)
@@ -96,6 +113,40 @@ def train_tiny_lm(data, save_dir, *extra, updates=2):
 LAYER_DIMS = (16, 8, 12, 4)  # D, Z, H, N
 
 
+def weight_drawer(seed):
+    """``normal_(p, std, mean=0.0)``: redraws ``p`` in place from N(mean, std^2), from a private
+    generator seeded with ``seed`` (independent of the global RNG and test order)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def normal_(p, std, mean=0.0):
+        p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * std + mean)
+
+    return normal_
+
+
+def strong_gau_weights_(normal_, gau, in_proj_std=0.4):
+    """The GAU's share of :func:`strong_weights_` (at D=16, H=12; stds scale with 1/sqrt(fan-in)):
+    q/k gamma N(0, 0.6^2), beta N(0, 0.3^2); ``in_proj`` N(0, in_proj_std^2), bias N(0, 0.1^2);
+    ``out_proj`` N(0, 0.3^2), bias N(0, 0.1^2); relative-position table N(0, 0.6^2)."""
+    per_d, per_h = (16 / gau.in_proj.in_features) ** 0.5, (12 / gau.out_proj.in_features) ** 0.5
+    normal_(gau.qk_gamma, 0.6)
+    normal_(gau.qk_beta, 0.3)
+    normal_(gau.in_proj.weight, in_proj_std * per_d)
+    normal_(gau.in_proj.bias, 0.1)
+    normal_(gau.out_proj.weight, 0.3 * per_h)
+    normal_(gau.out_proj.bias, 0.1)
+    if getattr(gau, "rel_pos", None) is not None:
+        normal_(gau.rel_pos.table, 0.6)
+
+
+def strong_norm_weight_(normal_, name, p):
+    """A norm parameter at strong weights: gains 1 + N(0, 0.2^2), biases N(0, 0.1^2)."""
+    if name.endswith("bias"):
+        normal_(p, 0.1)
+    else:
+        normal_(p, 0.2, mean=1.0)
+
+
 def strong_weights_(layer, seed=0):
     """Re-draws, in place, the weights of one ``SeqBoatLayer`` so that every branch matters.
     At D=16, H=12 (projection stds scale with 1/sqrt(fan-in) for other sizes): q/k gamma N(0, 0.6^2),
@@ -104,32 +155,16 @@ def strong_weights_(layer, seed=0):
     tokens active, gates not saturated), its always-on rows N(0, 0.2^2); norm gains
     1 + N(0, 0.2^2), norm biases N(0, 0.1^2). The MD-EMA keeps its initialisation.
     Drawn from a private generator (``seed``): independent of the global RNG and test order."""
-    g = torch.Generator().manual_seed(seed)
-
-    def normal_(p, std, mean=0.0):
-        p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * std + mean)
-
-    gau = layer.gau
-    d, h = layer.hx_proj.in_features, gau.out_proj.in_features
-    per_d, per_h = (16 / d) ** 0.5, (12 / h) ** 0.5
+    normal_ = weight_drawer(seed)
+    per_d = (16 / layer.hx_proj.in_features) ** 0.5
     with torch.no_grad():
-        normal_(gau.qk_gamma, 0.6)
-        normal_(gau.qk_beta, 0.3)
-        normal_(gau.in_proj.weight, 0.4 * per_d)
-        normal_(gau.in_proj.bias, 0.1)
-        normal_(gau.out_proj.weight, 0.3 * per_h)
-        normal_(gau.out_proj.bias, 0.1)
-        if getattr(gau, "rel_pos", None) is not None:
-            normal_(gau.rel_pos.table, 0.6)
+        strong_gau_weights_(normal_, layer.gau)
         logits = 0 if layer.router is None else 2  # hx_proj = [router logits (2) | always-on path (D)]
         normal_(layer.hx_proj.weight[:logits], 1.0 * per_d)
         normal_(layer.hx_proj.weight[logits:], 0.2 * per_d)
         normal_(layer.hx_proj.bias, 0.05)
         for name, p in layer.norm.named_parameters():
-            if name.endswith("bias"):
-                normal_(p, 0.1)
-            else:
-                normal_(p, 0.2, mean=1.0)
+            strong_norm_weight_(normal_, name, p)
     return layer
 
 
@@ -143,6 +178,20 @@ def make_layer(*, dims=LAYER_DIMS, seed=0, dtype=torch.float32, **options):
     opts.update(options)
     layer = SeqBoatLayer(*dims, **opts)
     return strong_weights_(layer, seed).to(dtype).eval()
+
+
+def decode_reordered_beams(layer, x, order, prefix):
+    """fairseq's beam-search path through a causal layer: decodes ``x[:prefix]`` (``(L, B, D)``)
+    one token at a time through ``incremental_state``, reorders the beams by ``order`` and decodes
+    the rest. Returns ``(outputs of the rest, the input that these continue: x with its prefix
+    reordered)``."""
+    incremental_state = {}
+    for t in range(prefix):
+        layer(x[t:t + 1], incremental_state=incremental_state)
+    layer.reorder_incremental_state(incremental_state, order)
+    reordered = torch.cat([x[:prefix, order], x[prefix:]], dim=0)
+    y_inc = torch.cat([layer(x[t:t + 1], incremental_state=incremental_state)[0] for t in range(prefix, len(x))])
+    return y_inc, reordered
 
 
 def seqboat_layers(module):

@@ -18,8 +18,9 @@ import re
 import pytest
 import torch
 
-from conftest import (BRANCH_MUTATIONS, LAYER_DIMS, PLUGIN_DIR, assert_close, build_lm, build_lra, make_layer,
-                      run_module, strong_weights_, write_byte_dictionary, write_lra_dictionaries)
+from conftest import (BRANCH_MUTATIONS, LAYER_DIMS, PLUGIN_DIR, assert_close, build_lm, build_lra,
+                      decode_reordered_beams, make_layer, run_module, strong_gau_weights_, strong_norm_weight_,
+                      strong_weights_, weight_drawer)
 from seqboat_fairseq.modules.gau import GatedAttentionUnit
 from seqboat_fairseq.modules.local_attention import local_attention
 from seqboat_fairseq.modules.positions import RelativePositionalBias
@@ -44,23 +45,9 @@ def strong_spade_weights_(layer: SpadeLayer, seed=0):
     SeqBoat's reads the smaller SiLU(MD-EMA); 0.4 would put relu2 outputs in the hundreds), plus the
     merge of the two branches and the FFN at N(0, 0.3^2) (at D=16; stds scale with 1/sqrt(fan-in)),
     so that every branch moves the output. Private generator (``seed``)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def normal_(p, std, mean=0.0):
-        p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * std + mean)
-
-    gau = layer.gau
-    d, h = gau.in_proj.in_features, gau.out_proj.in_features
-    per_d, per_h = (16 / d) ** 0.5, (12 / h) ** 0.5
+    normal_ = weight_drawer(seed)
     with torch.no_grad():
-        normal_(gau.qk_gamma, 0.6)
-        normal_(gau.qk_beta, 0.3)
-        normal_(gau.in_proj.weight, 0.25 * per_d)
-        normal_(gau.in_proj.bias, 0.1)
-        normal_(gau.out_proj.weight, 0.3 * per_h)
-        normal_(gau.out_proj.bias, 0.1)
-        if gau.rel_pos is not None:
-            normal_(gau.rel_pos.table, 0.6)
+        strong_gau_weights_(normal_, layer.gau, in_proj_std=0.25)
         if layer.merge is not None:
             normal_(layer.merge.weight, 0.3 * (16 / layer.merge.in_features) ** 0.5)
             normal_(layer.merge.bias, 0.05)
@@ -70,10 +57,7 @@ def strong_spade_weights_(layer: SpadeLayer, seed=0):
                 normal_(fc.bias, 0.05)
         for name, p in layer.named_parameters():
             if ".norm." in f".{name}" and not name.startswith("gau."):
-                if name.endswith("bias"):
-                    normal_(p, 0.1)
-                else:
-                    normal_(p, 0.2, mean=1.0)
+                strong_norm_weight_(normal_, name, p)
     return layer
 
 
@@ -361,13 +345,7 @@ def test_beam_reorder_follows_the_beams(kind):
     layer = make_mega_chunk_layer(rel_pos="rotary", truncation=4) if kind == "mega_chunk" else \
         make_spade_layer(rel_pos="rotary", truncation=4)
     x = torch.randn(10, 3, D)
-    order = torch.tensor([2, 0, 0])
-    incremental_state = {}
-    for t in range(6):
-        layer(x[t:t + 1], incremental_state=incremental_state)
-    layer.reorder_incremental_state(incremental_state, order)
-    new_x = torch.cat([x[:6, order], x[6:]], dim=0)
-    y_inc = torch.cat([layer(x[t:t + 1], incremental_state=incremental_state)[0] for t in range(6, 10)])
+    y_inc, new_x = decode_reordered_beams(layer, x, torch.tensor([2, 0, 0]), prefix=6)
     assert_close("after reorder", y_inc, layer(new_x)[0][6:], atol=ATOL)
     assert (y_inc[:, 0] - layer(x)[0][6:, 0]).abs().max() > 100 * ATOL
 
@@ -390,11 +368,6 @@ def test_decoding_step_has_no_host_sync(kind):
 
 
 # --------------------------------------------------------------------------- whole models
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    return write_byte_dictionary(tmp_path_factory.mktemp("bytes"))
-
-
 def strong_model_weights_(model):
     for i, layer in enumerate(gau_layers(model)):
         (strong_weights_ if isinstance(layer, SeqBoatLayer) else strong_spade_weights_)(layer, seed=i)
@@ -457,15 +430,6 @@ def test_lm_parameter_counts_match_seqboat(lm_dir, size):
 
 
 LRA_TASKS = ["listop", "imdb", "aan", "cifar10", "pf32", "pf128"]
-
-
-@pytest.fixture(scope="module")
-def lra_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lra")
-    os.makedirs(root / "image" / "input")
-    return {"text": write_lra_dictionaries(root / "text"),
-            "aan": write_lra_dictionaries(root / "aan", labels=("0", "1"), two_documents=True),
-            "image": str(root / "image")}
 
 
 def _lra_build(lra_dirs, task, arch, *extra):

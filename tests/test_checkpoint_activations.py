@@ -5,30 +5,16 @@ the same model without it (dropout on, fixed seed); only the layers' inputs are 
 incremental decoding, no-grad forwards, autocast and ``copy.deepcopy`` (fairseq's ``--ema``) work."""
 
 import copy
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import (assert_close, build_lm, build_lra, train_tiny_lm, write_byte_dictionary,
-                      write_lra_dictionaries)
+from conftest import assert_close, build_lm, build_lra, train_tiny_lm
 
 from seqboat_fairseq.models.checkpoint_activations import is_checkpointed
 
 DROPOUT = ["--dropout", "0.1", "--attention-dropout", "0.1"]
-
-
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    return write_byte_dictionary(tmp_path_factory.mktemp("bytes"))
-
-
-@pytest.fixture(scope="module")
-def lra_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lra")
-    os.makedirs(root / "image" / "input")
-    return {"text": write_lra_dictionaries(root / "text"), "image": str(root / "image")}
 
 
 def twins(build, *cli, flag="--checkpoint-activations"):

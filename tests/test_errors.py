@@ -1,28 +1,9 @@
-"""Bad options give a clear error that names the flag and what was expected."""
+"""Bad options give a clear error that names the flag and what was expected (the model options'
+one-line cases: test_option_errors.py)."""
 
 import pytest
 
 from conftest import build_lm, build_lra, write_byte_dictionary, write_lra_dictionaries
-
-
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    return write_byte_dictionary(tmp_path_factory.mktemp("bytes"))
-
-
-@pytest.mark.parametrize("args,message", [
-    (["--decoder-chunk-size", "0"], r"--decoder-chunk-size 0: give the working-memory size w > 0, or -1"),
-    (["--decoder-chunk-size", "4096", "--max-target-positions", "1024", "--rel-pos-bias", "simple"],
-     r"--decoder-chunk-size 4096 exceeds --max-target-positions 1024"),
-    (["--local-pos"], r"--local-pos .* needs --rel-pos-bias simple"),
-    (["--rel-pos-bias", "simple", "--local-pos", "--decoder-chunk-size", "-1"], r"--local-pos .* positive"),
-    (["--decoder-z-dim", "33"], r"--rel-pos-bias rotary needs an even z dim"),
-    (["--decoder-input-dim", "32"], r"--share-decoder-input-output-embed needs --decoder-input-dim"),
-    (["--init-temp-scale", "0"], r"--init-temp-scale must be positive"),
-], ids=["chunk0", "chunk-too-long", "local-pos-rotary", "local-pos-full", "odd-z-rotary", "tied-dims", "temp"])
-def test_lm_option_errors(lm_dir, args, message):
-    with pytest.raises(ValueError, match=message):
-        build_lm(lm_dir, "--arch", "seqboat_lm_tiny", "--tokens-per-sample", "1024", *args)
 
 
 def test_lra_option_errors(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import (LAYER_DIMS, assert_branches_matter, assert_close, assert_partially_active, build_lm,
-                      make_layer, strong_weights_, write_byte_dictionary)
+                      decode_reordered_beams, make_layer, strong_weights_, write_byte_dictionary)
 from seqboat_fairseq.modules import SeqBoatLayer
 from seqboat_fairseq.modules.sma import forced_activation
 
@@ -187,13 +187,7 @@ def test_beam_reorder_follows_the_beams():
     on: the outputs equal the parallel forward of the reordered prefixes + continuation."""
     layer = causal_layer(window=3, rel_pos="rotary", truncation=4)
     x = torch.randn(10, 3, D)
-    order = torch.tensor([2, 0, 0])
-    incremental_state = {}
-    for t in range(6):
-        layer(x[t:t + 1], incremental_state=incremental_state)
-    layer.reorder_incremental_state(incremental_state, order)
-    new_x = torch.cat([x[:6, order], x[6:]], dim=0)
-    y_inc = torch.cat([layer(x[t:t + 1], incremental_state=incremental_state)[0] for t in range(6, 10)])
+    y_inc, new_x = decode_reordered_beams(layer, x, torch.tensor([2, 0, 0]), prefix=6)
     y_par, _ = layer(new_x)
     assert_close("after reorder", y_inc, y_par[6:], atol=ATOL)
     assert_branches_matter("beams", layer, lambda m: m(new_x)[0][6:], ATOL)

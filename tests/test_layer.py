@@ -235,3 +235,68 @@ def test_deterministic_mode_forward_backward():
         layer(x)[0].sum().backward()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+class _RecordingDropout(torch.nn.Module):
+    """Stands in for a FairseqDropout with p > 0 in training: a mask that keeps everything, with
+    the scale ``factor`` (distinct per module, so the output tells which module touched what);
+    records each input and output."""
+
+    def __init__(self, p, factor):
+        super().__init__()
+        self.p, self.factor, self.inputs, self.outputs = p, factor, [], []
+
+    def forward(self, x, inplace=False):
+        assert self.training, "dropout called outside training mode"
+        y = x * self.factor
+        self.inputs.append(x.detach().clone())
+        self.outputs.append(y.detach().clone())
+        return y
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidirectional"])
+def test_dropout_placement_h23(bidirectional):
+    """Hazard H23 (docs/design.md), kept from upstream: in a causal layer the layer's dropout acts
+    on ``hx + G`` before the residual, ``y = SiLU(dropout(hx + G) + x)``, and the GAU's own dropout
+    is unused; in a bidirectional layer the GAU output gets the GAU's dropout (before the router's
+    gate) and ``y = SiLU(hx + G + x)`` has none. Train mode, dropout 0.3 (both modules); the
+    dropouts are replaced by recorders that scale by 2 (layer) and 3 (GAU)."""
+    layer = make_layer(bidirectional=bidirectional, dropout=0.3).train()  # prenorm, no FFN
+    assert layer.ffn is None and layer.prenorm
+    layer_dropout = _RecordingDropout(layer.dropout.p, 2.0)
+    gau_dropout = _RecordingDropout(layer.gau.dropout.p, 3.0)
+    assert layer_dropout.p == gau_dropout.p == 0.3
+    layer.dropout, layer.gau.dropout = layer_dropout, gau_dropout
+    combined = []
+    combine = layer.combine
+
+    def spy(hx, gated, residual):
+        combined.append((hx.detach().clone(), gated.detach().clone(), residual.detach().clone()))
+        return combine(hx, gated, residual)
+
+    layer.combine = spy
+    x = torch.randn(12, 2, D)
+    y, activation = layer(x)
+    assert len(combined) == 1
+    hx, gated, residual = combined[0]
+    assert torch.equal(residual, x)
+    assert_partially_active(activation.active, what="H23 layer")
+    assert gated.abs().amax() > 0.1 and hx.abs().amax() > 0.1  # both terms of the sum matter
+    if not bidirectional:
+        # dropout on s (first call), then on exactly hx + G (second call); the residual is not dropped
+        assert len(layer_dropout.inputs) == 2
+        assert_close("causal: dropout input", layer_dropout.inputs[1], hx + gated, atol=1e-6)
+        assert_close("causal: y", y, torch.nn.functional.silu(2.0 * (hx + gated) + x), atol=1e-5)
+        assert gau_dropout.inputs == [], "causal: the GAU's own dropout must not act"
+    else:
+        # the layer's dropout only on s; the GAU's dropout on the GAU output, before the gate
+        assert len(layer_dropout.inputs) == 1
+        assert len(gau_dropout.inputs) == 1
+        dropped = gau_dropout.outputs[0]  # (B, C, D) over the compressed sequence (the active tokens, in order)
+        for b in range(x.size(1)):
+            where = activation.active[b].nonzero().squeeze(-1)
+            gate = activation.confidence[b, where].unsqueeze(-1)
+            assert_close(f"bidirectional: G = extract(dropout(GAU output)) * gate, row {b}", gated[where, b],
+                         dropped[b, :len(where)] * gate, atol=1e-6)
+            assert not gated[~activation.active[b], b].any()
+        assert_close("bidirectional: y", y, torch.nn.functional.silu(hx + gated + x), atol=1e-5)

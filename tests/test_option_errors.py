@@ -1,52 +1,54 @@
-"""Options no model can be built with end in one ValueError that names the flag (no
-ZeroDivisionError, no omegaconf InterpolationKeyError, and nothing accepted silently)."""
-
-import os
+"""Options no model can be built with end in one ValueError that names the flag and what was
+expected (no ZeroDivisionError, no omegaconf InterpolationKeyError, and nothing accepted silently)."""
 
 import pytest
 
-from conftest import build_lm, build_lra, write_byte_dictionary, write_lra_dictionaries
+from conftest import build_lm, build_lra
 
 
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    return write_byte_dictionary(tmp_path_factory.mktemp("bytes"))
+def lm(case, args, message):
+    """An option error of ``seqboat_lm_tiny`` (``--tokens-per-sample 1024``)."""
+    return pytest.param("lm", args, message, id=f"lm-{case}")
 
 
-@pytest.fixture(scope="module")
-def lra_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lra")
-    os.makedirs(root / "image" / "input")
-    return {"text": write_lra_dictionaries(root / "text"), "image": str(root / "image")}
+def lra(case, args, message):
+    """An option error of ``seqboat_lra_listop`` under ``--task lra-text``."""
+    return pytest.param("lra", args, message, id=f"lra-{case}")
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--decoder-n-dim", "0"], r"--decoder-n-dim 0: every dimension"),
-    (["--decoder-z-dim", "0"], r"--decoder-z-dim 0: every dimension"),
-    (["--decoder-hidden-dim", "0"], r"--decoder-hidden-dim 0: every dimension"),
-    (["--decoder-embed-dim", "0"], r"--decoder-embed-dim 0: every dimension"),
-    (["--decoder-layers", "0"], r"--decoder-layers 0: a model needs at least one SeqBoat layer"),
-    (["--decoder-chunk-size", "-2"], r"--decoder-chunk-size -2: give the working-memory size w > 0, or -1"),
-    (["--truncation-length", "-5"], r"--truncation-length -5: .* positive length, or 0 for none"),
-    (["--max-target-positions", "0", "--rel-pos-bias", "simple"], r"--max-target-positions 0: must be a positive number"),
-], ids=["n0", "z0", "h0", "d0", "layers0", "chunk-2", "trunc-5", "maxpos0"])
-def test_lm_options(lm_dir, args, message):
+# every size flag at 0 names itself: "<flag> 0: every dimension of a SeqBoat layer must be a positive integer"
+ZERO_SIZES = {"lm": ("--decoder-n-dim", "--decoder-z-dim", "--decoder-hidden-dim", "--decoder-embed-dim"),
+              "lra": ("--n-dim", "--z-dim", "--encoder-hidden-dim", "--sentence-class-num")}
+
+
+@pytest.mark.parametrize("model,args,message", [
+    pytest.param(model, [flag, "0"], rf"{flag} 0: every dimension", id=f"{model}{flag}-0")
+    for model, flags in ZERO_SIZES.items() for flag in flags
+] + [
+    lm("layers0", ["--decoder-layers", "0"], r"--decoder-layers 0: a model needs at least one SeqBoat layer"),
+    lm("chunk-2", ["--decoder-chunk-size", "-2"], r"--decoder-chunk-size -2: give the working-memory size w > 0, or -1"),
+    lm("trunc-5", ["--truncation-length", "-5"], r"--truncation-length -5: .* positive length, or 0 for none"),
+    lm("maxpos0", ["--max-target-positions", "0", "--rel-pos-bias", "simple"],
+       r"--max-target-positions 0: must be a positive number"),
+    lm("chunk0", ["--decoder-chunk-size", "0"], r"--decoder-chunk-size 0: give the working-memory size w > 0, or -1"),
+    lm("chunk-too-long", ["--decoder-chunk-size", "4096", "--max-target-positions", "1024", "--rel-pos-bias", "simple"],
+       r"--decoder-chunk-size 4096 exceeds --max-target-positions 1024"),
+    lm("local-pos-rotary", ["--local-pos"], r"--local-pos .* needs --rel-pos-bias simple"),
+    lm("local-pos-full", ["--rel-pos-bias", "simple", "--local-pos", "--decoder-chunk-size", "-1"],
+       r"--local-pos .* positive"),
+    lm("odd-z-rotary", ["--decoder-z-dim", "33"], r"--rel-pos-bias rotary needs an even z dim"),
+    lm("tied-dims", ["--decoder-input-dim", "32"], r"--share-decoder-input-output-embed needs --decoder-input-dim"),
+    lm("temp", ["--init-temp-scale", "0"], r"--init-temp-scale must be positive"),
+    lra("layers0", ["--encoder-layers", "0"], r"--encoder-layers 0: a model needs at least one"),
+    lra("chunk-3", ["--chunk-size", "-3"], r"--chunk-size -3: give the working-memory size w > 0, or -1"),
+    lra("trunc-1", ["--truncation-length", "-1"], r"--truncation-length -1: .* positive length, or 0 for none"),
+])
+def test_option_errors_name_the_flag(lm_dir, lra_dirs, model, args, message):
     with pytest.raises(ValueError, match=message):
-        build_lm(lm_dir, "--arch", "seqboat_lm_tiny", "--tokens-per-sample", "64", *args)
-
-
-@pytest.mark.parametrize("args,message", [
-    (["--n-dim", "0"], r"--n-dim 0: every dimension"),
-    (["--z-dim", "0"], r"--z-dim 0: every dimension"),
-    (["--encoder-hidden-dim", "0"], r"--encoder-hidden-dim 0: every dimension"),
-    (["--encoder-layers", "0"], r"--encoder-layers 0: a model needs at least one"),
-    (["--chunk-size", "-3"], r"--chunk-size -3: give the working-memory size w > 0, or -1"),
-    (["--truncation-length", "-1"], r"--truncation-length -1: .* positive length, or 0 for none"),
-    (["--sentence-class-num", "0"], r"--sentence-class-num 0: every dimension"),
-], ids=["n0", "z0", "h0", "layers0", "chunk-3", "trunc-1", "classes0"])
-def test_lra_options(lra_dirs, args, message):
-    with pytest.raises(ValueError, match=message):
-        build_lra(lra_dirs["text"], "lra-text", "--arch", "seqboat_lra_listop", *args)
+        if model == "lm":
+            build_lm(lm_dir, "--arch", "seqboat_lm_tiny", "--tokens-per-sample", "1024", *args)
+        else:
+            build_lra(lra_dirs["text"], "lra-text", "--arch", "seqboat_lra_listop", *args)
 
 
 def test_models_on_the_wrong_kind_of_task(lm_dir, lra_dirs):

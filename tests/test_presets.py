@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import PLUGIN_DIR, REPO_ROOT, build_lm, build_lra, write_byte_dictionary, write_lra_dictionaries
+from conftest import PLUGIN_DIR, REPO_ROOT, build_lm, build_lra
 
 import seqboat_fairseq  # noqa: F401  (registers the architectures)
 from fairseq.models import ARCH_MODEL_NAME_REGISTRY
@@ -48,11 +48,6 @@ def signature(model):
     return repr(model), [(n, tuple(p.shape)) for n, p in model.named_parameters()]
 
 
-@pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory):
-    return write_byte_dictionary(tmp_path_factory.mktemp("bytes"))
-
-
 @pytest.mark.parametrize("arch", LM_ARCHS)
 def test_lm_preset_same_under_hydra_and_cli(lm_dir, arch):
     tokens = "1024"
@@ -72,15 +67,6 @@ def test_tiny_under_hydra_is_the_tiny_model(lm_dir):
     model = build_from_hydra({"_name": "language_modeling", "data": lm_dir, "tokens_per_sample": 64},
                              {"_name": "seqboat_lm_tiny"})
     assert len(model.decoder.layers) == 2 and model.decoder.embed_tokens.embedding_dim == 64
-
-
-@pytest.fixture(scope="module")
-def lra_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lra")
-    os.makedirs(root / "image" / "input")
-    return {"text": write_lra_dictionaries(root / "text"),
-            "aan": write_lra_dictionaries(root / "aan", labels=("0", "1"), two_documents=True),
-            "image": str(root / "image")}
 
 
 def _lra_task(arch):

@@ -11,27 +11,22 @@ Decoding is incremental: each new byte costs O(w) per layer (constant-size state
 the prompt length; the prompt itself is processed token by token by fairseq's generator.
 """
 
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # examples/
+from hub_options import hub_parser  # noqa: E402
 from seqboat_fairseq.models.seqboat_lm import SeqBoatLanguageModel  # noqa: E402  (works without install)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint-dir", required=True)
-    parser.add_argument("--checkpoint-file", default="checkpoint_best.pt")
-    parser.add_argument("--data", required=True, help="the data-bin directory (for dict.txt)")
-    parser.add_argument("--prompt", default="The ")
-    parser.add_argument("--max-len", type=int, default=120, help="bytes of text in all, prompt included")
+    parser = hub_parser(__doc__, data_help="the data-bin directory (for dict.txt)", max_len=120,
+                        max_len_help="bytes of text in all, prompt included", topk=5)
     parser.add_argument("--single-line", action="store_true",
                         help="stop at the first newline (fairseq's language_modeling task)")
-    parser.add_argument("--topk", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)

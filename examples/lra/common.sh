@@ -22,3 +22,13 @@ COMMON=(
   --log-format simple --log-interval 100 --num-workers 0 --seed "$SEED"
   --required-batch-size-multiple 1
 )
+# The paper's text recipes (ListOps, IMDB, AAN): post-norm, softmax attention, dropout 0.1, tau_0 = 0.3 sqrt(D)
+TEXT=(--task lra-text --input-type text --attention-activation-fn softmax --dropout 0.1 --init-temp-scale 0.3)
+# and its image recipes (CIFAR-10, Pathfinder, Path-X): pre-norm, relu2 attention, absolute positions, no dropout
+IMAGE=(--task lra-image --input-type image --encoder-normalize-before --attention-activation-fn relu2 --add-apos
+       --dropout 0.0)
+
+# schedule BATCH UPDATE_FREQ UPDATES WARMUP: a recipe's batching and linear-decay schedule flags, in SCHEDULE
+schedule() {
+  SCHEDULE=(--batch-size "$1" --update-freq "$2" --max-update "$3" --total-num-update "$3" --warmup-updates "$4")
+}

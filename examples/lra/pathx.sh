@@ -4,9 +4,7 @@
 # with SyncBatchNorm; on fewer GPUs keep 128 images per update (e.g. 1 GPU: --update-freq 64).
 CHUNK=${CHUNK:-256}
 source "$(dirname "$0")/common.sh"
-fairseq-train "$DATA" --task lra-image --input-type image --arch seqboat_lra_pf128 "${COMMON[@]}" \
-  --encoder-layers 4 --norm-type syncbatchnorm --encoder-normalize-before --attention-activation-fn relu2 \
-  --add-apos --pixel-normalization 0.5 0.5 --dropout 0.0 --init-temp-scale 1.0 \
-  --lr 0.01 --weight-decay 0.01 --warmup-power 2 \
-  --batch-size 2 --update-freq 8 --max-update 125000 --total-num-update 125000 --warmup-updates 25000 \
-  "${EXTRA[@]}"
+schedule 2 8 125000 25000
+fairseq-train "$DATA" --arch seqboat_lra_pf128 "${IMAGE[@]}" "${COMMON[@]}" "${SCHEDULE[@]}" \
+  --encoder-layers 4 --norm-type syncbatchnorm --pixel-normalization 0.5 0.5 --init-temp-scale 1.0 \
+  --lr 0.01 --weight-decay 0.01 --warmup-power 2 "${EXTRA[@]}"

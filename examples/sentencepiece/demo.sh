@@ -18,13 +18,7 @@ echo "== 1/4 data: a $VOCAB-piece unigram sentencepiece model on Python's pydoc 
 python data_prep/sentencepiece_lm.py --pydoc-demo --max-bytes 400000 --vocab-size "$VOCAB" --destdir "$DATA" --force
 
 echo "== 2/4 train seqboat_lm_tiny for $UPDATES updates"
-fairseq-train "$DATA" --user-dir seqboat_fairseq --task language_modeling --arch seqboat_lm_tiny \
-  --criterion seqboat_cross_entropy --tokens-per-sample 256 --batch-size 8 \
-  --optimizer radam --radam-betas '(0.9, 0.98)' --weight-decay 0.01 --clip-norm 0.25 \
-  --lr 4e-3 --lr-scheduler linear_decay --warmup-updates 60 --warmup-init-lr 1e-4 \
-  --total-num-update "$UPDATES" --max-update "$UPDATES" \
-  --save-dir "$CKPT" --no-epoch-checkpoints --validate-interval-updates 200 \
-  --log-format simple --log-interval 50 --cpu --num-workers 0 --seed 1 2>&1 \
+bash examples/train_tiny_lm.sh "$DATA" "$CKPT" "$UPDATES" --tokens-per-sample 256 2>&1 \
   | tee "$WORK/train.log" | grep -E "train_inner|valid on|done training"
 
 echo "== 3/4 evaluate: loss per token and bits per byte of the test text (128 tokens of context per block)"

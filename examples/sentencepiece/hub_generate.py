@@ -11,7 +11,6 @@ sentencepiece itself, each ``</s>`` becoming a newline (fairseq's sentencepiece 
 print ``</s>`` and byte-fallback pieces such as ``<0xC3>`` as they are).
 """
 
-import argparse
 import math
 import os
 import sys
@@ -19,6 +18,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # examples/
+from hub_options import hub_parser  # noqa: E402
 from seqboat_fairseq.models.seqboat_lm import SeqBoatLanguageModel  # noqa: E402  (works without install)
 
 
@@ -36,15 +37,9 @@ def decode_lines(dictionary, processor, tokens):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint-dir", required=True)
-    parser.add_argument("--checkpoint-file", default="checkpoint_best.pt")
-    parser.add_argument("--data", required=True, help="the data-bin directory (dict.txt and spm.model)")
-    parser.add_argument("--prompt", default="The ")
-    parser.add_argument("--max-len", type=int, default=60, help="tokens in all, prompt included")
+    parser = hub_parser(__doc__, data_help="the data-bin directory (dict.txt and spm.model)", max_len=60,
+                        max_len_help="tokens in all, prompt included", topk=10)
     parser.add_argument("--multiline", action="store_true", help="continue across line ends")
-    parser.add_argument("--topk", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 
     spm_model = os.path.join(args.data, "spm.model")

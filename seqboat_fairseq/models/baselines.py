@@ -16,8 +16,26 @@ from torch import nn
 
 from ..modules.seqboat_layer import SeqBoatLayer
 from ..modules.spade_layer import SpadeLayer
+from .presets import preset_field
 
 LAYER_TYPES = ("seqboat", "spade")
+
+
+def chunked_attention_field(chunk_flag: str, family: str):
+    """The ``chunked_attention`` field of a model config; ``chunk_flag``: the model's chunk-size
+    flag, ``family``: its preset names' middle part (``lm`` / ``lra``)."""
+    return preset_field(
+        False, f"MEGA's chunked attention: tokens attend only inside fixed, non-overlapping chunks of {chunk_flag} "
+               f"tokens (with --always-act: the MEGA-chunk baseline, --arch mega_chunk_{family}_*)")
+
+
+def layer_type_field(window: str, ffn_flag: str, family: str):
+    """The ``layer_type`` field of a model config; ``window``: how the model's flags set the window,
+    ``ffn_flag``: its FFN-size flag, ``family`` as in :func:`chunked_attention_field`."""
+    return preset_field(
+        "seqboat", f"seqboat layers, or spade: the SPADE baseline (--arch spade_{family}_*): MD-EMA beside "
+                   f"sliding-window attention ({window}) in the bottom layer, sliding-window attention and an FFN "
+                   f"({ffn_flag}) in the others; router options are ignored")
 
 
 def baseline_preset(args, seqboat_preset, **values) -> None:

@@ -24,13 +24,28 @@ gradient; it is only read for metrics).
 
 import contextlib
 import functools
+from dataclasses import dataclass, field
 from typing import List
 
 import torch
+from fairseq.dataclass import FairseqDataclass
 from fairseq.modules.checkpoint_activations import checkpoint_wrapper
 from torch import nn
 
 _AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+@dataclass
+class CheckpointActivationsConfig(FairseqDataclass):
+    """The training-memory options, as fairseq's transformer models have them (not architecture:
+    no preset sets them); the base of both model configs (``SeqBoatLMConfig``, ``SeqBoatLRAConfig``)."""
+
+    checkpoint_activations: bool = field(
+        default=False, metadata={"help": "checkpoint activations at each layer: keep only each layer's input and "
+                                         "recompute the layer in the backward pass (same loss and gradients)"})
+    offload_activations: bool = field(
+        default=False, metadata={"help": "move checkpointed activations to CPU after they are used. "
+                                         "Sets --checkpoint-activations."})
 
 
 def checkpoint_options(cfg):

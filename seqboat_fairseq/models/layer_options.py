@@ -1,10 +1,18 @@
-"""Checks of the SeqBoat layer options shared by the LM and the LRA models.
+"""The SeqBoat layer options shared by the LM and the LRA models: their checks and the one
+translation of a model config into the layers' keyword arguments.
 
 The two models spell the same option differently (``--decoder-z-dim`` vs ``--z-dim``), so each
-passes ``{flag: value}`` and every message names the flag the user typed.
+passes ``{flag: value}`` to the checks (every message names the flag the user typed) and names
+its config fields once in a :class:`LayerFields`.
 """
 
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from torch import nn
+
+from .baselines import build_layer
+from .checkpoint_activations import checkpoint_layers
 
 
 def check_layer_options(*, layers: Dict[str, Optional[int]], dims: Dict[str, Optional[int]],
@@ -36,3 +44,54 @@ def task_name(task) -> str:
     from fairseq.tasks import TASK_REGISTRY
 
     return next((name for name, cls in TASK_REGISTRY.items() if type(task) is cls), type(task).__name__)
+
+
+@dataclass(frozen=True)
+class LayerFields:
+    """The model-config fields holding the layer options that the two models spell differently.
+    The others have one name in both configs: ``truncation_length``, ``attention_activation_fn``,
+    ``rel_pos_bias``, ``local_pos``, ``init_temp_scale``, ``always_act``, ``dropout``,
+    ``attention_dropout``, ``chunked_attention``, ``layer_type`` and (LRA only) ``act_bias``; a
+    config saved before ``chunked_attention`` / ``layer_type`` existed builds unchunked SeqBoat layers."""
+
+    layers: str
+    embed_dim: str
+    z_dim: str
+    hidden_dim: str
+    n_dim: str
+    chunk_size: str
+    ffn_dim: str
+    norm_type: str
+    prenorm: str
+    max_positions: str
+    hidden_dropout: str
+    activation_dropout: str
+
+
+def layer_kwargs(cfg, names: LayerFields, *, bidirectional: bool) -> Dict[str, Any]:
+    """The keyword arguments of :func:`~seqboat_fairseq.models.baselines.build_layer` (less
+    ``layer_type`` and ``index``) that the model config ``cfg`` asks for."""
+    def value(name):
+        return getattr(cfg, name)
+
+    truncation = cfg.truncation_length if cfg.truncation_length and cfg.truncation_length > 0 else None
+    return dict(
+        embed_dim=value(names.embed_dim), zdim=value(names.z_dim), hdim=value(names.hidden_dim),
+        ndim=value(names.n_dim), bidirectional=bidirectional, window=value(names.chunk_size), truncation=truncation,
+        norm_type=value(names.norm_type), prenorm=value(names.prenorm),
+        attention_activation=cfg.attention_activation_fn, rel_pos=cfg.rel_pos_bias,
+        max_positions=value(names.max_positions), local_pos=cfg.local_pos, init_temp_scale=cfg.init_temp_scale,
+        always_active=cfg.always_act, act_bias=getattr(cfg, "act_bias", 0.0), dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout, hidden_dropout=value(names.hidden_dropout),
+        ffn_dim=value(names.ffn_dim), activation_dropout=value(names.activation_dropout),
+        chunked=getattr(cfg, "chunked_attention", False),
+    )
+
+
+def build_layers(cfg, names: LayerFields, *, bidirectional: bool) -> nn.ModuleList:
+    """The model's stack of SeqBoat (or baseline) layers, bottom first, each checkpointed when
+    the config asks for it (``--checkpoint-activations`` / ``--offload-activations``)."""
+    kwargs = layer_kwargs(cfg, names, bidirectional=bidirectional)
+    layer_type = getattr(cfg, "layer_type", None)  # None: a config saved before the option existed
+    layers = nn.ModuleList([build_layer(layer_type, i, **kwargs) for i in range(getattr(cfg, names.layers))])
+    return checkpoint_layers(layers, cfg)

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import ChoiceEnum
 from fairseq.models import (
     FairseqIncrementalDecoder,
     FairseqLanguageModel,
@@ -22,23 +22,31 @@ from torch import Tensor, nn
 
 from ..modules.norms import NORM_TYPES, SequenceNorm
 from ..modules.seqboat_layer import LayerActivation, upgrade_upstream_layer_keys
-from .baselines import LAYER_TYPES, baseline_preset, build_layer, check_baseline_options
-from .checkpoint_activations import checkpoint_layers
-from .layer_options import check_layer_options, task_name
+from .baselines import (LAYER_TYPES, baseline_preset, check_baseline_options, chunked_attention_field,
+                        layer_type_field)
+from .checkpoint_activations import CheckpointActivationsConfig
+from .layer_options import LayerFields, build_layers, check_layer_options, task_name
 from .presets import apply_preset, fill_base_defaults, preset_field
 
 # upstream's default size M of the learned ("simple") relative-position bias table
 DEFAULT_MAX_TARGET_POSITIONS = 1024
 # what max_positions() reports for "no limit" (fairseq takes the min with other limits)
 UNBOUNDED_POSITIONS = sys.maxsize
+# the config fields of the layer options whose names are the LM's own (layer_options.build_layers)
+LM_LAYER_FIELDS = LayerFields(
+    layers="decoder_layers", embed_dim="decoder_embed_dim", z_dim="decoder_z_dim", hidden_dim="decoder_hidden_dim",
+    n_dim="decoder_n_dim", chunk_size="decoder_chunk_size", ffn_dim="decoder_ffn_embed_dim",
+    norm_type="normalization_type", prenorm="normalize_before", max_positions="max_target_positions",
+    hidden_dropout="hidden_dropout", activation_dropout="activation_dropout")
 
 
 @dataclass
-class SeqBoatLMConfig(FairseqDataclass):
+class SeqBoatLMConfig(CheckpointActivationsConfig):
     """Defaults = upstream ``slag_lm`` base, except that no FFN is built (no SeqBoat recipe
     uses one; pass ``--decoder-ffn-embed-dim`` > 0 to add it). Architecture fields are ``None``
     until a preset or their base default fills them (see ``presets.py``: this is what makes
-    presets work under ``fairseq-hydra-train``)."""
+    presets work under ``fairseq-hydra-train``). ``--checkpoint-activations`` /
+    ``--offload-activations`` come from :class:`CheckpointActivationsConfig`."""
 
     decoder_layers: Optional[int] = preset_field(6, "number of SeqBoat layers")
     decoder_embed_dim: Optional[int] = preset_field(512, "model dimension D")
@@ -73,26 +81,15 @@ class SeqBoatLMConfig(FairseqDataclass):
     init_temp_scale: Optional[float] = preset_field(0.3, "router temperature init: tau_0 = scale * sqrt(D)")
     always_act: Optional[bool] = preset_field(
         False, "no router: every token runs the GAU (static MEGA-style hybrid)")
-    chunked_attention: Optional[bool] = preset_field(
-        False, "MEGA's chunked attention: tokens attend only inside fixed, non-overlapping chunks of "
-               "--decoder-chunk-size tokens (with --always-act: the MEGA-chunk baseline, --arch mega_chunk_lm_*)")
-    layer_type: Optional[ChoiceEnum(list(LAYER_TYPES))] = preset_field(
-        "seqboat", "seqboat layers, or spade: the SPADE baseline (--arch spade_lm_*): MD-EMA beside "
-                   "sliding-window attention (window --decoder-chunk-size) in the bottom layer, sliding-window "
-                   "attention and an FFN (--decoder-ffn-embed-dim) in the others; router options are ignored")
+    chunked_attention: Optional[bool] = chunked_attention_field("--decoder-chunk-size", "lm")
+    layer_type: Optional[ChoiceEnum(list(LAYER_TYPES))] = layer_type_field(
+        "window --decoder-chunk-size", "--decoder-ffn-embed-dim", "lm")
     share_decoder_input_output_embed: Optional[bool] = preset_field(
         False, "tie the input embedding and the output projection")
     no_scale_embedding: Optional[bool] = preset_field(False, "do not scale embeddings by sqrt(D)")
     slag_local: Optional[bool] = preset_field(
         False, "no-op, accepted so upstream recipes parse (fairseq 0.12's language_modeling task "
                "already uses plain token blocks)")
-    # training-memory options, as fairseq's transformer_lm has them (not architecture: no preset sets them)
-    checkpoint_activations: bool = field(
-        default=False, metadata={"help": "checkpoint activations at each layer: keep only each layer's input and "
-                                         "recompute the layer in the backward pass (same loss and gradients)"})
-    offload_activations: bool = field(
-        default=False, metadata={"help": "move checkpointed activations to CPU after they are used. "
-                                         "Sets --checkpoint-activations."})
     # the language_modeling task's options, mirrored; null under any other task (build_model refuses)
     tokens_per_sample: Optional[int] = "${oc.select:task.tokens_per_sample,null}"
     max_target_positions: Optional[int] = "${oc.select:task.max_target_positions,null}"
@@ -149,23 +146,7 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
         if self.project_in_dim is not None:
             nn.init.xavier_uniform_(self.project_in_dim.weight)
         self.dropout_module = nn.Dropout(args.dropout)
-        truncation = args.truncation_length if args.truncation_length and args.truncation_length > 0 else None
-        self.layers = nn.ModuleList([
-            build_layer(
-                getattr(args, "layer_type", None), i,
-                dim, args.decoder_z_dim, args.decoder_hidden_dim, args.decoder_n_dim,
-                bidirectional=False, window=args.decoder_chunk_size, truncation=truncation,
-                norm_type=args.normalization_type, prenorm=args.normalize_before,
-                attention_activation=args.attention_activation_fn, rel_pos=args.rel_pos_bias,
-                max_positions=args.max_target_positions, local_pos=args.local_pos,
-                init_temp_scale=args.init_temp_scale, always_active=args.always_act,
-                dropout=args.dropout, attention_dropout=args.attention_dropout,
-                hidden_dropout=args.hidden_dropout, ffn_dim=args.decoder_ffn_embed_dim,
-                activation_dropout=args.activation_dropout, chunked=getattr(args, "chunked_attention", False),
-            )
-            for i in range(args.decoder_layers)
-        ])
-        checkpoint_layers(self.layers, args)  # --checkpoint-activations / --offload-activations
+        self.layers = build_layers(args, LM_LAYER_FIELDS, bidirectional=False)
         self.final_norm = (
             SequenceNorm(args.normalization_type, dim, affine=not args.no_affine_final_norm)
             if args.normalize_before else None
@@ -313,26 +294,28 @@ def check_lm_options(args) -> None:
             "--rel-pos-bias rotary or --local-pos, which have no length limit")
 
 
+# What the SeqBoat LM presets share: prenorm with a final norm without parameters, rotary
+# positions, router temperature tau_0 = sqrt(D), tied input / output embeddings.
+_SEQBOAT_LM = dict(rel_pos_bias="rotary", normalize_before=True, no_affine_final_norm=True, init_temp_scale=1.0,
+                   share_decoder_input_output_embed=True)
+
+
 @register_model_architecture("seqboat_lm", "seqboat_lm_tiny")
 def seqboat_lm_tiny(args):
     """Tiny model for tests and the README demo (~0.2M parameters with a byte vocabulary)."""
-    _preset(args, decoder_layers=2, decoder_embed_dim=64, decoder_hidden_dim=128, decoder_z_dim=32,
-            decoder_n_dim=8, decoder_chunk_size=32, truncation_length=0, dropout=0.0, rel_pos_bias="rotary",
-            normalize_before=True, no_affine_final_norm=True, init_temp_scale=1.0,
-            share_decoder_input_output_embed=True)
+    _preset(args, **_SEQBOAT_LM, decoder_layers=2, decoder_embed_dim=64, decoder_hidden_dim=128, decoder_z_dim=32,
+            decoder_n_dim=8, decoder_chunk_size=32, truncation_length=0, dropout=0.0)
 
 
 @register_model_architecture("seqboat_lm", "seqboat_lm_enwik8_base")
 def seqboat_lm_enwik8_base(args):
     """The paper's enwik8 model (spec 8.2, ``slag_lm_enwik8_base_v2`` + recipe flags): 14 layers,
-    D=616, H=1232, Z=128, N=16, w=1024, rotary, softmax, prenorm. 2,781,883 params per layer,
-    ~39.07M in total with a byte dictionary."""
-    _preset(args, decoder_layers=14, decoder_embed_dim=616, decoder_hidden_dim=1232, decoder_z_dim=128,
-            decoder_n_dim=16, decoder_ffn_embed_dim=-1, decoder_chunk_size=1024, truncation_length=2048,
-            dropout=0.15, attention_dropout=0.0, hidden_dropout=0.0, attention_activation_fn="softmax",
-            rel_pos_bias="rotary", normalization_type="layernorm", normalize_before=True,
-            no_affine_final_norm=True, init_temp_scale=1.0, share_decoder_input_output_embed=True,
-            max_target_positions=10384)
+    D=616, H=1232, Z=128, N=16, w=1024, rotary, softmax, prenorm (LayerNorm), no FFN, dropout 0.15
+    (attention and hidden: 0). 2,781,883 params per layer, ~39.07M in total with a byte dictionary."""
+    _preset(args, **_SEQBOAT_LM, decoder_layers=14, decoder_embed_dim=616, decoder_hidden_dim=1232,
+            decoder_z_dim=128, decoder_n_dim=16, decoder_ffn_embed_dim=-1, decoder_chunk_size=1024,
+            truncation_length=2048, dropout=0.15, attention_dropout=0.0, hidden_dropout=0.0,
+            attention_activation_fn="softmax", normalization_type="layernorm", max_target_positions=10384)
 
 
 # Upstream names, with upstream's architecture defaults (spec 8.2), so upstream recipes and

@@ -8,31 +8,33 @@
     -> Linear -> dropout -> GELU -> Linear (no bias) -> class logits
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import ChoiceEnum
 from fairseq.models import BaseFairseqModel, register_model, register_model_architecture
 from fairseq.modules.fairseq_dropout import FairseqDropout
 from torch import Tensor, nn
 
 from ..modules.norms import NORM_TYPES, SequenceNorm
 from ..modules.seqboat_layer import LayerActivation, upgrade_upstream_layer_keys
-from .baselines import LAYER_TYPES, baseline_preset, build_layer, check_baseline_options
-from .checkpoint_activations import checkpoint_layers
-from .layer_options import check_layer_options, task_name
+from .baselines import (LAYER_TYPES, baseline_preset, check_baseline_options, chunked_attention_field,
+                        layer_type_field)
+from .checkpoint_activations import CheckpointActivationsConfig
+from .layer_options import LayerFields, build_layers, check_layer_options, task_name
 from .presets import apply_preset, fill_base_defaults, preset_field
 
 
 @dataclass
-class SeqBoatLRAConfig(FairseqDataclass):
+class SeqBoatLRAConfig(CheckpointActivationsConfig):
     """Defaults = the SeqBoat parser defaults of upstream's LRA model, except that no FFN is
     built (every recipe passes ``--encoder-ffn-embed-dim -1``); the presets below carry the
     paper's per-task values. Architecture fields are ``None`` until a preset or their base
     default fills them (see ``presets.py``: this is what makes presets work under
-    ``fairseq-hydra-train``)."""
+    ``fairseq-hydra-train``). ``--checkpoint-activations`` / ``--offload-activations`` come from
+    :class:`CheckpointActivationsConfig`."""
 
     # the LRA tasks' options, mirrored; null under any other task (build_model then says which to use)
     input_type: Optional[ChoiceEnum(["text", "image"])] = "${oc.select:task.input_type,null}"
@@ -59,13 +61,9 @@ class SeqBoatLRAConfig(FairseqDataclass):
     init_temp_scale: Optional[float] = preset_field(0.3, "router tau_0 = scale * sqrt(D)")
     act_bias: Optional[float] = preset_field(0.0, "added to the router's skip logit (> 0: sparser)")
     always_act: Optional[bool] = preset_field(False, "no router: every token runs the GAU")
-    chunked_attention: Optional[bool] = preset_field(
-        False, "MEGA's chunked attention: tokens attend only inside fixed, non-overlapping chunks of --chunk-size "
-               "tokens (with --always-act: the MEGA-chunk baseline, --arch mega_chunk_lra_*)")
-    layer_type: Optional[ChoiceEnum(list(LAYER_TYPES))] = preset_field(
-        "seqboat", "seqboat layers, or spade: the SPADE baseline (--arch spade_lra_*): MD-EMA beside "
-                   "sliding-window attention (--chunk-size on each side) in the bottom layer, sliding-window "
-                   "attention and an FFN (--encoder-ffn-embed-dim) in the others; router options are ignored")
+    chunked_attention: Optional[bool] = chunked_attention_field("--chunk-size", "lra")
+    layer_type: Optional[ChoiceEnum(list(LAYER_TYPES))] = layer_type_field(
+        "--chunk-size on each side", "--encoder-ffn-embed-dim", "lra")
     add_apos: Optional[bool] = preset_field(False, "add scaled sinusoidal absolute positions")
     sen_rep_type: Optional[ChoiceEnum(["mp", "cls"])] = "${oc.select:task.sen_rep_type,null}"
     use_nli: Optional[bool] = preset_field(False, "Retrieval: also feed r0 * r1 and r0 - r1")
@@ -74,13 +72,14 @@ class SeqBoatLRAConfig(FairseqDataclass):
     classifier_activation_fn: Optional[ChoiceEnum(["gelu", "relu", "silu"])] = preset_field(
         "gelu", "classifier activation")
     sentence_class_num: Optional[int] = preset_field(2, "number of classes")
-    # training-memory options, as fairseq's transformer models have them (not architecture: no preset sets them)
-    checkpoint_activations: bool = field(
-        default=False, metadata={"help": "checkpoint activations at each layer: keep only each layer's input and "
-                                         "recompute the layer in the backward pass (same loss and gradients)"})
-    offload_activations: bool = field(
-        default=False, metadata={"help": "move checkpointed activations to CPU after they are used. "
-                                         "Sets --checkpoint-activations."})
+
+
+# the config fields of the layer options whose names are the LRA model's own (layer_options.build_layers)
+LRA_LAYER_FIELDS = LayerFields(
+    layers="encoder_layers", embed_dim="encoder_embed_dim", z_dim="z_dim", hidden_dim="encoder_hidden_dim",
+    n_dim="n_dim", chunk_size="chunk_size", ffn_dim="encoder_ffn_embed_dim", norm_type="norm_type",
+    prenorm="encoder_normalize_before", max_positions="max_positions", hidden_dropout="act_dropout",
+    activation_dropout="act_dropout")
 
 
 class RealNumberEmbedding(nn.Module):
@@ -130,22 +129,7 @@ class SeqBoatLRAEncoder(nn.Module):
             nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=dim ** -0.5)
         self.pos_emb = ScaledSinusoidalEmbedding(dim) if cfg.add_apos else None
         self.dropout = FairseqDropout(cfg.dropout, module_name=type(self).__name__)
-        truncation = cfg.truncation_length if cfg.truncation_length and cfg.truncation_length > 0 else None
-        self.layers = nn.ModuleList([
-            build_layer(
-                getattr(cfg, "layer_type", None), i,
-                dim, cfg.z_dim, cfg.encoder_hidden_dim, cfg.n_dim, bidirectional=True,
-                window=cfg.chunk_size, truncation=truncation, norm_type=cfg.norm_type,
-                prenorm=cfg.encoder_normalize_before, attention_activation=cfg.attention_activation_fn,
-                rel_pos=cfg.rel_pos_bias, max_positions=cfg.max_positions, local_pos=cfg.local_pos,
-                init_temp_scale=cfg.init_temp_scale, always_active=cfg.always_act, act_bias=cfg.act_bias,
-                dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, hidden_dropout=cfg.act_dropout,
-                ffn_dim=cfg.encoder_ffn_embed_dim, activation_dropout=cfg.act_dropout,
-                chunked=getattr(cfg, "chunked_attention", False),
-            )
-            for i in range(cfg.encoder_layers)
-        ])
-        checkpoint_layers(self.layers, cfg)  # --checkpoint-activations / --offload-activations
+        self.layers = build_layers(cfg, LRA_LAYER_FIELDS, bidirectional=True)
         self.final_norm = SequenceNorm(cfg.norm_type, dim) if cfg.encoder_normalize_before else None
 
     def forward(self, src_tokens: Tensor) -> Tuple[Tensor, Optional[Tensor], List[LayerActivation]]:
@@ -329,65 +313,66 @@ PRESET_INPUT_TYPES = {
 
 # The paper's per-task configurations (spec 8.5: architecture + published recipe flags). The
 # working memory is w = 128 (Path-X: 256, the experiment script's value; spec H20).
+# What every paper preset shares: N = 16, simple relative-position bias, no attention / GAU dropout.
+_PAPER_LRA = dict(n_dim=16, chunk_size=128, truncation_length=1024, rel_pos_bias="simple", attention_dropout=0.0,
+                  act_dropout=0.0)
+# text (ListOps, IMDB, AAN): Z = 64, post-norm, softmax attention, tau_0 = 0.3 sqrt(D), dropout 0.1
+_PAPER_TEXT = dict(_PAPER_LRA, z_dim=64, encoder_normalize_before=False, attention_activation_fn="softmax",
+                   init_temp_scale=0.3, dropout=0.1)
+# pixels and raw audio: pre-BatchNorm, relu2 attention, scaled sinusoidal absolute positions, no dropout
+_PAPER_SIGNAL = dict(_PAPER_LRA, norm_type="batchnorm", encoder_normalize_before=True, attention_activation_fn="relu2",
+                     dropout=0.0, add_apos=True)
+
+
+def _paper_preset(args, family: Dict, **values) -> None:
+    """``_preset`` with the values of ``family`` (``_PAPER_TEXT`` / ``_PAPER_SIGNAL``), ``values`` winning."""
+    _preset(args, **{**family, **values})
+
+
 @register_model_architecture("seqboat_lra", "seqboat_lra_listop")
 def seqboat_lra_listop(args):
     """ListOps: 6 x D80, post-LayerNorm, softmax, simple bias; 406,756 params + embeddings."""
-    _preset(args, encoder_layers=6, encoder_embed_dim=80, encoder_hidden_dim=160, z_dim=64, n_dim=16,
-            chunk_size=128, truncation_length=1024, max_positions=2002, norm_type="layernorm",
-            encoder_normalize_before=False, attention_activation_fn="softmax", rel_pos_bias="simple",
-            init_temp_scale=0.3, dropout=0.1, attention_dropout=0.0, act_dropout=0.0,
-            classifier_out_dim=160, sentence_class_num=10)
+    _paper_preset(args, _PAPER_TEXT, encoder_layers=6, encoder_embed_dim=80, encoder_hidden_dim=160,
+                  max_positions=2002, norm_type="layernorm", classifier_out_dim=160, sentence_class_num=10)
 
 
 @register_model_architecture("seqboat_lra", "seqboat_lra_imdb")
 def seqboat_lra_imdb(args):
     """Text (IMDB, bytes): 4 x D128, post-ScaleNorm, softmax, local_pos; 599,564 params + embeddings."""
-    _preset(args, encoder_layers=4, encoder_embed_dim=128, encoder_hidden_dim=256, z_dim=64, n_dim=16,
-            chunk_size=128, truncation_length=1024, max_positions=4002, norm_type="scalenorm",
-            encoder_normalize_before=False, attention_activation_fn="softmax", rel_pos_bias="simple",
-            local_pos=True, init_temp_scale=0.3, dropout=0.1, attention_dropout=0.0, act_dropout=0.0,
-            classifier_out_dim=256, sentence_class_num=2)
+    _paper_preset(args, _PAPER_TEXT, encoder_layers=4, encoder_embed_dim=128, encoder_hidden_dim=256,
+                  max_positions=4002, norm_type="scalenorm", local_pos=True, classifier_out_dim=256,
+                  sentence_class_num=2)
 
 
 @register_model_architecture("seqboat_lra", "seqboat_lra_aan")
 def seqboat_lra_aan(args):
     """Retrieval (AAN, bytes, two towers): 6 x D128, post-ScaleNorm, softmax, NLI features;
     1,024,298 params + embeddings."""
-    _preset(args, encoder_layers=6, encoder_embed_dim=128, encoder_hidden_dim=256, z_dim=64, n_dim=16,
-            chunk_size=128, truncation_length=1024, max_positions=4002, norm_type="scalenorm",
-            encoder_normalize_before=False, attention_activation_fn="softmax", rel_pos_bias="simple",
-            init_temp_scale=0.3, dropout=0.1, attention_dropout=0.0, act_dropout=0.0, use_nli=True,
-            classifier_out_dim=256, sentence_class_num=2)
+    _paper_preset(args, _PAPER_TEXT, encoder_layers=6, encoder_embed_dim=128, encoder_hidden_dim=256,
+                  max_positions=4002, norm_type="scalenorm", use_nli=True, classifier_out_dim=256,
+                  sentence_class_num=2)
 
 
 @register_model_architecture("seqboat_lra", "seqboat_lra_cifar10")
 def seqboat_lra_cifar10(args):
     """Image (CIFAR-10 grayscale): 8 x D160, pre-BatchNorm, relu2, absolute positions; 1,810,001 params."""
-    _preset(args, encoder_layers=8, encoder_embed_dim=160, encoder_hidden_dim=320, z_dim=96, n_dim=16,
-            chunk_size=128, truncation_length=1024, max_positions=1024, norm_type="batchnorm",
-            encoder_normalize_before=True, attention_activation_fn="relu2", rel_pos_bias="simple",
-            init_temp_scale=0.4, dropout=0.0, attention_dropout=0.0, act_dropout=0.0, add_apos=True,
-            classifier_out_dim=320, sentence_class_num=10)
+    _paper_preset(args, _PAPER_SIGNAL, encoder_layers=8, encoder_embed_dim=160, encoder_hidden_dim=320, z_dim=96,
+                  max_positions=1024, init_temp_scale=0.4, classifier_out_dim=320, sentence_class_num=10)
 
 
 @register_model_architecture("seqboat_lra", "seqboat_lra_pf32")
 def seqboat_lra_pf32(args):
     """Pathfinder 32x32: 6 x D128, pre-BatchNorm, relu2, absolute positions; 892,301 params."""
-    _preset(args, encoder_layers=6, encoder_embed_dim=128, encoder_hidden_dim=256, z_dim=64, n_dim=16,
-            chunk_size=128, truncation_length=1024, max_positions=1024, norm_type="batchnorm",
-            encoder_normalize_before=True, attention_activation_fn="relu2", rel_pos_bias="simple",
-            init_temp_scale=1.0, dropout=0.0, attention_dropout=0.0, act_dropout=0.0, add_apos=True,
-            classifier_out_dim=256, sentence_class_num=2)
+    _paper_preset(args, _PAPER_SIGNAL, encoder_layers=6, encoder_embed_dim=128, encoder_hidden_dim=256, z_dim=64,
+                  max_positions=1024, init_temp_scale=1.0, classifier_out_dim=256, sentence_class_num=2)
 
 
 @register_model_architecture("seqboat_lra", "seqboat_lra_pf128")
 def seqboat_lra_pf128(args):
     """Path-X 128x128 (16,384 pixels): 4 x D128, pre-SyncBatchNorm, relu2, w=256; 729,097 params."""
-    _preset(args, encoder_layers=4, encoder_embed_dim=128, encoder_hidden_dim=256, z_dim=64, n_dim=16,
-            chunk_size=256, truncation_length=16384, max_positions=16384, norm_type="syncbatchnorm",
-            encoder_normalize_before=True, attention_activation_fn="relu2", rel_pos_bias="simple",
-            init_temp_scale=1.0, dropout=0.0, attention_dropout=0.0, act_dropout=0.0, add_apos=True,
-            classifier_out_dim=256, sentence_class_num=2)
+    _paper_preset(args, _PAPER_SIGNAL, encoder_layers=4, encoder_embed_dim=128, encoder_hidden_dim=256, z_dim=64,
+                  chunk_size=256, truncation_length=16384, max_positions=16384, norm_type="syncbatchnorm",
+                  init_temp_scale=1.0, classifier_out_dim=256, sentence_class_num=2)
 
 
 # Upstream names with upstream's architecture defaults (spec 8.4), so upstream recipes and
@@ -453,11 +438,9 @@ def seqboat_sc_raw(args):
     (``experiment/run_sc.sh``): 8 x D60 (H120, Z30, N16), pre-BatchNorm, relu2, local_pos bias,
     w = 128, MD-EMA truncation 4000, no FFN; 298,841 params. The paper's 293K is this count without the
     8 x 767 learned local relative-position biases (292,705): see tests/test_speech_commands.py."""
-    _preset(args, encoder_layers=8, encoder_embed_dim=60, encoder_hidden_dim=120, z_dim=30, n_dim=16,
-            encoder_ffn_embed_dim=-1, chunk_size=128, truncation_length=4000, max_positions=16000,
-            norm_type="batchnorm", encoder_normalize_before=True, attention_activation_fn="relu2",
-            rel_pos_bias="simple", local_pos=True, init_temp_scale=1.0, dropout=0.0, attention_dropout=0.0,
-            act_dropout=0.0, add_apos=True, classifier_out_dim=120, sentence_class_num=10)
+    _paper_preset(args, _PAPER_SIGNAL, encoder_layers=8, encoder_embed_dim=60, encoder_hidden_dim=120, z_dim=30,
+                  encoder_ffn_embed_dim=-1, truncation_length=4000, max_positions=16000, local_pos=True,
+                  init_temp_scale=1.0, classifier_out_dim=120, sentence_class_num=10)
 
 
 @register_model_architecture("seqboat_lra", "slag_sc_raw_base")
