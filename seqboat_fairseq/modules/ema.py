@@ -15,7 +15,7 @@ incremental decoding (``step`` one token, ``forward_chunk`` a prompt); they sit 
 """
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,20 @@ from torch import Tensor, nn
 
 from .initializers import trunc_normal_
 from .precision import upcast
+
+
+EMAState = Dict[str, Any]  # see 'Decoding state' below
+
+
+class StepCoefficients(NamedTuple):
+    """The per-token constants of ``MultiHeadEMA.step``, ``(D, N)`` fp32 each: ``p_beta`` and
+    ``phi`` of the recurrence, ``readout`` = kappa gamma (C) and, with truncation L_k,
+    ``lag_readout`` = C phi^L_k. Not batch-first: beam reordering leaves them as they are."""
+
+    p_beta: Tensor
+    phi: Tensor
+    readout: Tensor
+    lag_readout: Optional[Tensor]
 
 
 class MultiHeadEMA(nn.Module):
@@ -120,7 +134,9 @@ class MultiHeadEMA(nn.Module):
     #   lag_hidden  (B, D, N)   h_{t - L_k}            } only with truncation L_k: the truncated
     #   inputs      (B, L_k, D) last L_k inputs, a    } kernel is y_t = C (h_t - phi^L_k h_{t-L_k}),
     #                           ring indexed by t % L_k } exact with O(D N) work per token.
-    def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> Dict[str, Tensor]:
+    #   coefficients            StepCoefficients, computed once when the state is made without
+    #                           gradient recording (decoding); None otherwise (recomputed per step)
+    def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> EMAState:
         """An empty decoding state; the only place that decides its shapes. It is kept in at
         least fp32 whatever the model's ``dtype`` (fp16/bf16 recurrences drift)."""
         assert not self.bidirectional, "incremental decoding needs a causal (unidirectional) EMA"
@@ -130,36 +146,40 @@ class MultiHeadEMA(nn.Module):
         if self.truncation is not None:
             state["lag_hidden"] = torch.zeros(shape, device=device, dtype=dtype)
             state["inputs"] = torch.zeros(batch_size, self.truncation, self.embed_dim, device=device, dtype=dtype)
+        # decoding without gradients: the step's coefficients once per decode, not once per token
+        # (they are a function of the parameters alone, fixed while a sequence is decoded; a new
+        # decode gets a new state, so they can never be stale: upstream hazard H14)
+        state["coefficients"] = None if torch.is_grad_enabled() else self.step_coefficients()
         return state
 
-    def _readout(self, state: Dict[str, Tensor], phi: Tensor) -> Tensor:
-        """y (without the omega skip) from a state: C h, or C (h - phi^L_k h_lag) if truncated.
-        phi: ``(D, N)``."""
-        h = state["hidden"]
-        if self.truncation is not None:
-            h = h - phi ** self.truncation * state["lag_hidden"]
-        return torch.einsum("bdn,dn->bd", h, upcast(self.gamma) * self.scale)
+    def step_coefficients(self) -> "StepCoefficients":
+        """What a step multiplies by, ``(D, N)`` fp32 each (see ``StepCoefficients``)."""
+        p_beta, phi = (c.squeeze(-1) for c in self.coefficients())
+        readout = upcast(self.gamma) * self.scale
+        lag_readout = None if self.truncation is None else readout * phi ** self.truncation
+        return StepCoefficients(p_beta, phi, readout, lag_readout)
 
-    def step(self, x: Tensor, state: Dict[str, Tensor], position: Tensor,
-             padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def step(self, x: Tensor, state: EMAState, position: Tensor,
+             padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, EMAState]:
         """One token: x ``(B, D)`` at absolute ``position`` ``(B,)``. Returns ``(y (B, D), state)``,
         the state updated in place (O(D N) work, nothing copied):
 
-        h <- phi h + p beta x  (and, if truncated, h_lag <- phi h_lag + p beta x_{t - L_k}).
+        h <- phi h + p beta x  (and, if truncated, h_lag <- phi h_lag + p beta x_{t - L_k});
+        y = C h (- C phi^L_k h_lag) + omega x.
         """
-        p_beta, phi = (c.squeeze(-1) for c in self.coefficients())
+        p_beta, phi, readout, lag_readout = state.get("coefficients") or self.step_coefficients()
         u = upcast(x) if padding_mask is None else upcast(x).masked_fill(padding_mask.unsqueeze(-1), 0.0)
+        y = torch.linalg.vecdot(state["hidden"].mul_(phi).add_(p_beta * u.unsqueeze(-1)), readout)
         if self.truncation is not None:
             slot = (position % self.truncation).view(-1, 1, 1).expand(-1, 1, self.embed_dim)
             evicted = state["inputs"].gather(1, slot).squeeze(1)  # x_{t - L_k} (zeros before the start)
             state["inputs"].scatter_(1, slot, u.unsqueeze(1))
-            state["lag_hidden"].mul_(phi).add_(p_beta * evicted.unsqueeze(-1))
-        state["hidden"].mul_(phi).add_(p_beta * u.unsqueeze(-1))
-        y = self._readout(state, phi)
+            lag = state["lag_hidden"].mul_(phi).add_(p_beta * evicted.unsqueeze(-1))
+            y = y - torch.linalg.vecdot(lag, lag_readout)
         return y.type_as(x) + x * self.omega, state
 
-    def forward_chunk(self, x: Tensor, state: Dict[str, Tensor], position: Tensor,
-                      padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def forward_chunk(self, x: Tensor, state: EMAState, position: Tensor,
+                      padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, EMAState]:
         """T tokens at once with a carried state (prompt prefill): equal to T ``step`` calls.
 
         x: ``(T, B, D)``; position ``(B,)`` of its first token; padding_mask ``(B, T)``.

@@ -92,10 +92,10 @@ class GatedAttentionUnit(nn.Module):
     def project(self, s: Tensor, positions: Tensor):
         """s: ``(B, C, D)`` -> q, k ``(B, C, Z)`` (rotated if rotary), r, v ``(B, C, H)``."""
         z, r, v = F.silu(self.in_proj(s)).split([self.zdim, self.hdim, self.hdim], dim=-1)
-        q = z * self.qk_gamma[0] + self.qk_beta[0]
-        k = z * self.qk_gamma[1] + self.qk_beta[1]
+        qk = z.unsqueeze(-2) * self.qk_gamma + self.qk_beta  # (B, C, 2, Z): one op pair for both
         if self.rotary:
-            q, k = apply_rotary(q, positions), apply_rotary(k, positions)
+            qk = apply_rotary(qk, positions.unsqueeze(-1))
+        q, k = qk.unbind(-2)
         return q, k, r, self.hidden_dropout(v)
 
     def bias_positions(self, positions: Tensor) -> Optional[Tensor]:

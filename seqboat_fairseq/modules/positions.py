@@ -5,6 +5,8 @@ they are computed per (query, key) pair inside the attention window: nothing of 
 L x L is ever materialised (upstream hazard H9), and rotary extends to any position.
 """
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -43,9 +45,15 @@ class RelativePositionalBias(nn.Module):
         return self.table[index]
 
 
+@functools.lru_cache(maxsize=16)
 def rotary_frequencies(dim: int, device=None) -> Tensor:
-    """theta_m = 10000^(-2m / dim), m = 0 .. dim/2 - 1 (fp32), as upstream computes it."""
-    return 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device)[: dim // 2].float() / dim))
+    """theta_m = 10000^(-2m / dim), m = 0 .. dim/2 - 1 (fp32), as upstream computes it.
+
+    A constant of (dim, device), so it is computed once (a decoding step would otherwise spend a
+    tenth of its rotary time on it); made outside inference mode, so training may use it too.
+    Not a parameter or buffer: nothing can make it stale (upstream hazard H14)."""
+    with torch.inference_mode(False):
+        return 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device)[: dim // 2].float() / dim))
 
 
 def apply_rotary(x: Tensor, positions: Tensor) -> Tensor:
