@@ -205,6 +205,22 @@ def time_repeats(fn: Callable[[], None], warmup: int, repeats: int) -> List[floa
     return times
 
 
+def read_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
+    """The machine's memory read bandwidth as torch sees it (GB/s): median time of ``sum`` over a
+    ``megabytes`` fp32 tensor, far larger than any cache. A floor for memory-bound work: a step
+    that must read ``b`` bytes takes at least ``b / bandwidth`` (bench/generation.py)."""
+    import torch
+
+    data = torch.ones(megabytes * 2 ** 20 // 4)
+    data.sum()  # first touch
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        times.append(time.perf_counter() - start)
+    return data.numel() * 4 / median(times) / 1e9
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 

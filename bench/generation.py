@@ -79,6 +79,13 @@ After the rows come ratio/summary lines (also ``BENCH`` lines, ``"bench":
 * SeqBoat at least as fast as the Transformer at a 256-token context, and >= 10x faster at 16384;
 * SeqBoat decode-state memory constant in the context.
 
+Memory-bound floor: a decoding step at batch 1 does little arithmetic per byte it reads, so its
+time is bounded below by ``bytes_read_per_layer_step`` (one layer's weights, plus SeqBoat's
+occupied working-memory slots and MD-EMA hidden states, or the Transformer's KV cache) divided by
+the machine's read bandwidth (``read_bandwidth_gbs``: torch's ``sum`` over 512 MiB, measured once
+per run): ``floor_ms_per_layer``. A per-layer time near the floor cannot be improved by code, only
+by reading fewer bytes (e.g. lower-precision weights).
+
 Batched and beam rows: ``--batch-size B`` decodes B sequences together (every row also reports
 ``tokens_per_s`` = B / model step time); ``--beam K`` sets B = K and adds to every timed model
 step the reorder fairseq's ``SequenceGenerator`` makes after each step
@@ -116,7 +123,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (ContentionMeter, add_quiet_args, add_threads_seed_args, build_from_cli, emit,  # noqa: E402
-                    format_cell, format_table, median, parse_int_list, wait_until_quiet)
+                    format_cell, format_table, median, parse_int_list, read_bandwidth_gbs, wait_until_quiet)
 
 SEQBOAT_ARCH = "seqboat_lm_enwik8_base"
 MODELS = ("seqboat", "transformer", "upstream")
@@ -324,6 +331,19 @@ class SeqBoatContestant(Contestant):
             routed += act.active.numel()
         return total / len(self.layers), active, routed
 
+    def bytes_read_per_layer_step(self) -> int:
+        """What one layer's step must read at this context: its weights, the occupied working-memory
+        slots (keys and values) and the MD-EMA hidden states (the ring moves one input)."""
+        layer = self.layers[0]
+        weights = sum(p.numel() * p.element_size() for p in layer.parameters())
+        gau = self.layer_states[0]["gau"]
+        slots = min(gau["key"].size(1), self.context + 1)
+        memory = slots * (gau["key"][:, :1].numel() * gau["key"].element_size()
+                          + gau["value"][:, :1].numel() * gau["value"].element_size())
+        ema = self.layer_states[0]["ema"]
+        hidden = sum(ema[k].numel() * ema[k].element_size() for k in ("hidden", "lag_hidden") if k in ema)
+        return weights + memory + hidden
+
     def row(self, timings) -> Dict:
         model_t, layer_t = timings["model"], timings["layer"]
         after = seqboat_states(self.model, self.incremental_state)
@@ -338,6 +358,7 @@ class SeqBoatContestant(Contestant):
             act_rate_layer_bench=layer_t["active"] / max(layer_t["routed"], 1),
             prefill_ms=self.prefill_ms, forward_ms=self.forward_ms,
             prefill_ratio=self.prefill_ms / self.forward_ms,
+            bytes_read_per_layer_step=self.bytes_read_per_layer_step(),
             **self.fit_fields(model_t),
         )
 
@@ -411,9 +432,14 @@ class TransformerContestant(Contestant):
             total += now_ms() - start
         return total / len(self.layers), 0, 0
 
+    def bytes_read_per_layer_step(self) -> int:
+        """One layer's weights and its whole KV cache."""
+        weights = sum(p.numel() * p.element_size() for p in self.layers[0].parameters())
+        return weights + self.layer_bytes[0]
+
     def row(self, timings) -> Dict:
         return dict(
-            model="transformer", context=self.context,
+            model="transformer", context=self.context, bytes_read_per_layer_step=self.bytes_read_per_layer_step(),
             ms_per_token_layer=median(timings["layer"]["times"]),
             ms_per_token_model=median(timings["model"]["times"]),
             state_bytes_per_layer=self.layer_bytes[0], state_bytes_model=sum(self.layer_bytes),
@@ -522,6 +548,9 @@ def main(argv=None):
 
     rows: List[Dict] = []
     quiet = Quiet(args)
+    quiet.wait()
+    bandwidth = read_bandwidth_gbs()
+    print(f"memory read bandwidth (torch sum over 512 MiB): {bandwidth:.1f} GB/s", flush=True)
     common = {"bench": "generation", "layers": args.layers, "batch": args.batch_size, "beam": args.beam,
               "dtype": "float32",
               "threads": threads, "steps": args.steps}
@@ -556,6 +585,9 @@ def main(argv=None):
                 benches.append(TransformerContestant(transformer, context, args, gen))
             for row in bench_context(benches, args, quiet):
                 row["tokens_per_s"] = args.batch_size * 1000.0 / row["ms_per_token_model"]
+                # memory-bound floor of a layer step: the bytes it must read at the machine's bandwidth
+                row["read_bandwidth_gbs"] = bandwidth
+                row["floor_ms_per_layer"] = row["bytes_read_per_layer_step"] / (bandwidth * 1e6)
                 if row["model"] == "seqboat":
                     row.update(arch=SEQBOAT_ARCH, params=seqboat_params)
                 else:
@@ -576,11 +608,13 @@ def main(argv=None):
         rows.sort(key=lambda r: (order[r["model"]], r["context"]))
         print()
         print(format_table(
-            ["model", "context", "ms/tok layer", f"ms/step model ({args.layers}L)", "tokens/s", "@50% act",
+            ["model", "context", "ms/tok layer", "floor ms/layer", f"ms/step model ({args.layers}L)", "tokens/s",
+             "@50% act",
              "prefill ms",
              "prefill/fwd",
              "state/layer", "state bytes/layer", "state const", "act rate", "other cores"],
-            [[r["model"], r["context"], r["ms_per_token_layer"], r["ms_per_token_model"], r.get("tokens_per_s"),
+            [[r["model"], r["context"], r["ms_per_token_layer"], r.get("floor_ms_per_layer"), r["ms_per_token_model"],
+              r.get("tokens_per_s"),
               r.get("ms_per_token_model_at_act50"), r["prefill_ms"], r.get("prefill_ratio"),
               human_bytes(r["state_bytes_per_layer"]), r["state_bytes_per_layer"], r["state_constant"],
               r["act_rate"], r["other_cores"]] for r in rows]))

@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -264,6 +265,11 @@ def train(run: Run, data: str, save_dir: str, args) -> Dict:
            "--stop-time-hours", repr(args.minutes / 60.0), "--max-epoch", "0", "--max-update", "0",
            "--disable-validation", "--save-dir", save_dir, "--no-epoch-checkpoints", "--save-interval", "1000000",
            "--log-format", "simple", "--log-interval", "50", "--cpu", "--num-workers", "0", "--seed", str(args.seed)]
+    # a checkpoint left by an earlier race in this work dir would be resumed (fairseq's default),
+    # and its cumulative time would stop training at once: the "result" would be the old run's
+    if os.path.isdir(save_dir):
+        print(f"# removing {save_dir} (an earlier run of this script)", flush=True)
+        shutil.rmtree(save_dir)
     os.makedirs(os.path.dirname(save_dir), exist_ok=True)
     start = time.perf_counter()
     log = run_command(cmd, os.path.join(os.path.dirname(save_dir), "train.log"), args.threads, args.timeout)

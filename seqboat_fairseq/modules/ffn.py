@@ -10,6 +10,7 @@ from fairseq.modules.fairseq_dropout import FairseqDropout
 from torch import Tensor, nn
 
 from .initializers import trunc_normal_
+from .linear import Linear
 from .norms import SequenceNorm
 
 
@@ -22,8 +23,8 @@ class NormalizedFeedForwardNetwork(nn.Module):
         super().__init__()
         self.prenorm = prenorm
         self.norm = SequenceNorm(norm_type, embed_dim, export=export)
-        self.fc1 = nn.Linear(embed_dim, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, embed_dim)
+        self.fc1 = Linear(embed_dim, ffn_dim)
+        self.fc2 = Linear(ffn_dim, embed_dim)
         for fc in (self.fc1, self.fc2):
             trunc_normal_(fc.weight.data, 0.02)
             fc.bias.data.zero_()
