@@ -266,7 +266,7 @@ class Contestant:
         return ms, out
 
     def set_beam_orders(self, args, gen: torch.Generator) -> None:
-        if args.beam:
+        if getattr(args, "beam", 0):  # callers with their own options (bench/paper_efficiency.py) have none
             steps = (args.warmup + args.steps) * (args.retries + 1) + 8
             self.beam_orders = torch.randint(0, args.batch_size, (steps, args.batch_size), generator=gen).to(DEVICE)
 

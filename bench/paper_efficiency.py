@@ -39,6 +39,7 @@ SC10 1.32x / 0.44x and enwik8 1.16x / 1.07x; vs the Transformer, LRA Text 10.4x 
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -220,8 +221,20 @@ def run_worker(args) -> Dict:
         lengths = torch.full((1,), length, device=device)
         targets = torch.zeros(1, dtype=torch.long, device=device)
     last = {}
+    from seqboat_fairseq.modules.sma import forced_activation
+
+    mask = None
+    if args.seqboat_rate is not None and name == "seqboat":
+        from activation_rate import random_mask
+
+        mask = random_mask(1, length, args.seqboat_rate, args.seed).to(device)
 
     def step():
+        with (contextlib.nullcontext() if mask is None else
+              forced_activation(model, lambda active: mask.expand_as(active))):
+            forward_backward()
+
+    def forward_backward():
         model.zero_grad(set_to_none=True)
         if setting == "enwik8":
             logits, extra = model(inputs)
@@ -248,6 +261,7 @@ def run_worker(args) -> Dict:
         "bench": "paper_efficiency", "setting": setting, "model": name, "seq_len": length, "batch_size": 1,
         "dim": s["dim"], "layers": s["layers"], "window": s["window"], "args": " ".join(cli),
         "params": count_parameters(model), "act_rate": activation_rate(last["extra"]),
+        "forced_rate": args.seqboat_rate if name == "seqboat" else None,
         "ms": round(median(wall), 2), "ms_all": [round(t, 2) for t in wall], "other_cores": round(max(others), 2),
         "alloc_mb": round(alloc, 1), "peak_mb": round(peak, 1), "base_mb": round(base_rss, 1),
         "delta_mb": round(peak - base_rss, 1), "loss": round(last["loss"], 4), "threads": threads,
@@ -289,7 +303,7 @@ def decode(model, name: str, args, device) -> Dict:
 # --------------------------------------------------------------------------- driver
 WORKER_FLAGS = ("lra_len", "sc_len", "lm_len", "decode_context", "decode_steps", "decode_warmup", "repeats", "warmup",
                 "dim", "layers", "window", "z_dim", "threads", "seed", "device", "wait_quiet", "quiet_threshold",
-                "max_tries")
+                "max_tries", "seqboat_rate")
 
 
 def measure_row(args, setting: str, model: str) -> Dict:
@@ -372,6 +386,10 @@ def get_parser():
     p.add_argument("--max-tries", type=int, default=3, help="re-time a disturbed step up to this many calls")
     p.add_argument("--in-process", action="store_true", help="run every row in this process (default with "
                    "--quick): no subprocess start-up per row, but no per-row RSS (delta_mb)")
+    p.add_argument("--seqboat-rate", type=float, default=None,
+                   help="force the SeqBoat rows' routers to activate this fraction of the tokens in the training "
+                        "steps (a random mask, as bench/activation_rate.py; the gate stays the router's own): the "
+                        "untrained router activates ~50-70 %%, a trained one fewer. Default: the router decides")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--setting", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)
