@@ -255,7 +255,9 @@ class SeqBoatLayer(nn.Module):
 
     def reorder_incremental_state(self, incremental_state, new_order: Tensor):
         """Beam search: every tensor of the state is batch-first, so reordering is one
-        index_select per tensor."""
+        index_select per tensor. The MD-EMA's per-decode ``StepCoefficients`` (a NamedTuple of
+        parameter-derived tensors, the same for every row) are kept as they are, as are the
+        host-side counters."""
         state = self.get_incremental_state(incremental_state, "seqboat_state")
         if state is not None:
             self.set_incremental_state(incremental_state, "seqboat_state", _reorder(state, new_order))
@@ -267,7 +269,7 @@ def _reorder(state: Any, new_order: Tensor) -> Any:
         return state.index_select(0, new_order)
     if isinstance(state, dict):
         return {key: _reorder(value, new_order) for key, value in state.items()}
-    return state  # host-side counters
+    return state  # host-side counters, the MD-EMA's StepCoefficients (not per row)
 
 
 # --------------------------------------------------------------------------- checkpoints
