@@ -252,6 +252,25 @@ def run_command(cmd: List[str], log_path: str, threads: int, timeout: float) -> 
     return out
 
 
+SAVE_DIR_MARKER = ".quality_race"  # in every checkpoint directory this script creates
+
+
+def fresh_save_dir(save_dir: str) -> None:
+    """An empty checkpoint directory for one run. One left by an earlier race must go: fairseq would
+    resume from its checkpoint_last.pt, whose cumulative time stops training at once, and the old
+    run's number would be reported as this one's. It is removed only if it carries this script's
+    marker; anything else at that path is never touched (the run fails, naming it)."""
+    if os.path.lexists(save_dir):
+        if not os.path.isfile(os.path.join(save_dir, SAVE_DIR_MARKER)):
+            raise RunFailed(f"{save_dir} exists but was not created by bench/quality_race.py (no "
+                            f"{SAVE_DIR_MARKER}): it is never removed; choose another --work-dir or remove it yourself")
+        print(f"# removing {save_dir} (left by an earlier run of this script)", flush=True)
+        shutil.rmtree(save_dir)
+    os.makedirs(save_dir)
+    with open(os.path.join(save_dir, SAVE_DIR_MARKER), "w") as marker:
+        marker.write("checkpoints of one bench/quality_race.py run; the next run in this work dir replaces them\n")
+
+
 def train(run: Run, data: str, save_dir: str, args) -> Dict:
     """Trains ``run`` for ``args.minutes`` of fairseq's cumulative training time."""
     if run.task == "lm":
@@ -265,12 +284,7 @@ def train(run: Run, data: str, save_dir: str, args) -> Dict:
            "--stop-time-hours", repr(args.minutes / 60.0), "--max-epoch", "0", "--max-update", "0",
            "--disable-validation", "--save-dir", save_dir, "--no-epoch-checkpoints", "--save-interval", "1000000",
            "--log-format", "simple", "--log-interval", "50", "--cpu", "--num-workers", "0", "--seed", str(args.seed)]
-    # a checkpoint left by an earlier race in this work dir would be resumed (fairseq's default),
-    # and its cumulative time would stop training at once: the "result" would be the old run's
-    if os.path.isdir(save_dir):
-        print(f"# removing {save_dir} (an earlier run of this script)", flush=True)
-        shutil.rmtree(save_dir)
-    os.makedirs(os.path.dirname(save_dir), exist_ok=True)
+    fresh_save_dir(save_dir)
     start = time.perf_counter()
     log = run_command(cmd, os.path.join(os.path.dirname(save_dir), "train.log"), args.threads, args.timeout)
     wall = time.perf_counter() - start

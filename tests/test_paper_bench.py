@@ -80,3 +80,24 @@ def test_quality_race_quick(tmp_path):
                            str(tmp_path / "missing-data"), str(tmp_path / "run" / "checkpoints"),
                            quality_race.get_parser().parse_args(["--minutes", "0.01", "--timeout", "120"]))
     assert quality_race.param_ratio_ok(104, 100) and not quality_race.param_ratio_ok(106, 100)
+
+
+def test_quality_race_replaces_only_its_own_checkpoint_dirs(tmp_path, monkeypatch):
+    """A checkpoint directory left by an earlier race is emptied (fairseq would resume it and report
+    the old run); one the script did not create is refused and left exactly as it was."""
+    monkeypatch.syspath_prepend(BENCH)
+    import quality_race
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "checkpoint_last.pt").write_bytes(b"the user's")
+    with pytest.raises(quality_race.RunFailed, match="not created by bench/quality_race.py"):
+        quality_race.fresh_save_dir(str(foreign))
+    assert sorted(p.name for p in foreign.iterdir()) == ["checkpoint_last.pt"]
+    assert (foreign / "checkpoint_last.pt").read_bytes() == b"the user's"
+
+    ours = tmp_path / "ours"
+    quality_race.fresh_save_dir(str(ours))  # new: created and marked
+    (ours / "checkpoint_last.pt").write_bytes(b"an earlier race's")
+    quality_race.fresh_save_dir(str(ours))
+    assert sorted(p.name for p in ours.iterdir()) == [quality_race.SAVE_DIR_MARKER]
