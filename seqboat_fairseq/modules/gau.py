@@ -124,7 +124,7 @@ class GatedAttentionUnit(nn.Module):
     def forward(self, s: Tensor, active: Tensor) -> Tensor:
         """s: ``(B, L, D)``, active: ``(B, L)`` bool. Runs on the active tokens only; returns
         ``(B, L, D)`` with zeros at skipped tokens."""
-        plan = plan_compression(active)
+        plan = plan_compression(active, block=self.window)
         return extract(self.attend(compress(s, plan), plan.index, plan.slot_valid), plan)
 
     # ------------------------------------------------------------------ incremental decoding

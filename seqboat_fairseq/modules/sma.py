@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, NamedTuple, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .precision import upcast
@@ -89,7 +90,8 @@ class Compression(NamedTuple):
     index: ``(B, C')`` original position of each slot (0 for empty slots);
     slot_valid: ``(B, C')`` True for the first ``count[b]`` slots of row b;
     rank: ``(B, L)`` 1-based slot of each active token, 0 for skipped tokens;
-    count: ``(B,)`` number of active tokens per row. ``C' = max(max(count), 1)``.
+    count: ``(B,)`` number of active tokens per row. ``C' = max(max(count), 1)``, rounded up
+    to a multiple of ``block`` when larger than it (see ``plan_compression``).
     identity: every position of every row is active (compress/extract are no-ops).
     """
 
@@ -100,8 +102,15 @@ class Compression(NamedTuple):
     identity: bool
 
 
-def plan_compression(active: Tensor) -> Compression:
-    """Builds the slot layout for ``active`` ``(B, L)`` bool. One host sync (C is a shape)."""
+def plan_compression(active: Tensor, block: Optional[int] = None) -> Compression:
+    """Builds the slot layout for ``active`` ``(B, L)`` bool. One host sync (C is a shape).
+
+    ``block``: the attention's block (the window w or MEGA-chunk's c): a slot count above it is
+    rounded up to a multiple of it, with empty slots, so that the attention cuts the compressed
+    sequence into blocks as it is instead of copying q, k and v into padded ones (the copies were
+    kept for the backward pass: 6 % of an LM step's memory). Empty slots are invalid keys and
+    their outputs are never extracted.
+    """
     bsz, seq_len = active.shape
     count = active.sum(dim=1)
     slots = max(int(count.max()) if bsz > 0 else 0, 1)
@@ -109,8 +118,12 @@ def plan_compression(active: Tensor) -> Compression:
     if slots == seq_len and bool(active.all()):
         index = torch.arange(seq_len, device=active.device).expand(bsz, seq_len)
         return Compression(index, active, rank, count, True)
+    if block is not None and block > 0 and slots > block:
+        slots = -(-slots // block) * block
     # stable sort of "not active": the active positions come first, in their original order
     order = torch.sort((~active).to(torch.uint8), dim=1, stable=True).indices[:, :slots]
+    if slots > seq_len:  # rounded past the sequence: empty slots (index 0, invalid)
+        order = F.pad(order, (0, slots - seq_len))
     slot_valid = torch.arange(slots, device=active.device).unsqueeze(0) < count.unsqueeze(1)
     index = order * slot_valid
     return Compression(index, slot_valid, rank, count, False)
