@@ -1,10 +1,11 @@
-"""MD-EMA: FFT convolution vs direct sums, and the recurrent form vs the convolution."""
+"""MD-EMA: the chunked convolution (parallel form) and the FFT convolution (prefill) vs direct
+sums, and the recurrent form vs the convolution."""
 
 import pytest
 import torch
 
 from conftest import assert_close
-from seqboat_fairseq.modules.ema import MultiHeadEMA, _bidirectional_fft_conv, _causal_fft_conv
+from seqboat_fairseq.modules.ema import MultiHeadEMA, _causal_fft_conv, _DecayScan, chunked_ema_conv
 from seqboat_fairseq.modules.naive import ema_direct, ema_recurrence
 
 
@@ -19,7 +20,11 @@ def _ema(bidirectional, truncation, dim=6, ndim=4):
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidir"])
 @pytest.mark.parametrize("truncation", [None, 5, 40], ids=["full", "trunc5", "trunc40"])
 @pytest.mark.parametrize("padded", [False, True], ids=["nopad", "pad"])
-def test_fft_matches_direct_sum(bidirectional, truncation, padded):
+@pytest.mark.parametrize("chunk", [None, 1, 4, 5], ids=["default", "c1", "c4", "c5"])
+def test_parallel_form_matches_direct_sum(bidirectional, truncation, padded, chunk):
+    """Chunks of 4 and 5 over 17 tokens: several chunks, a ragged last one, truncations inside a
+    chunk (5 with c4), on a boundary (5 with c5) and beyond the sequence (40); c1 is the scan
+    alone, the default a single chunk."""
     ema = _ema(bidirectional, truncation)
     x = torch.randn(17, 3, 6)
     pad = None
@@ -27,7 +32,35 @@ def test_fft_matches_direct_sum(bidirectional, truncation, padded):
         pad = torch.zeros(3, 17, dtype=torch.bool)
         pad[0, 12:] = True
         pad[2, :3] = True  # left padding too
-    assert_close("ema", ema(x, pad), ema_direct(ema, x, pad), atol=2e-5)
+    assert_close("ema", ema(x, pad, chunk_size=chunk), ema_direct(ema, x, pad), atol=2e-5)
+
+
+@pytest.mark.parametrize("truncation", [None, 100, 1000], ids=["full", "trunc100", "trunc1000"])
+def test_chunked_conv_matches_fft_on_long_sequences(truncation):
+    """At a real length (several default-size chunks, a long scan) the chunked form equals the
+    FFT convolution of the explicit kernel, with slow decays so that far history matters."""
+    ema = _ema(False, truncation, dim=8, ndim=4)
+    with torch.no_grad():
+        ema.alpha[:, :2].fill_(-6.0)
+    x = torch.randn(700, 2, 8)
+    u = x.permute(1, 2, 0)
+    y_fft = _causal_fft_conv(u, ema.kernel(700 if truncation is None else min(truncation, 700)))
+    y = ema(x) - x * ema.omega
+    assert_close("chunked vs fft", y, y_fft.permute(2, 0, 1), atol=2e-5, rtol=1e-5)
+
+
+def test_chunked_conv_gradients():
+    """The chunked convolution (with its hand-written scan backward) against finite differences,
+    for the input, the readout and the decay, truncated and not, several chunks."""
+    u = torch.randn(3, 2, 11, dtype=torch.float64, requires_grad=True)
+    coef = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    log_phi = torch.log(torch.rand(3, 2, dtype=torch.float64) * 0.8 + 0.1).requires_grad_(True)
+    for truncation in (None, 4, 6):
+        assert torch.autograd.gradcheck(
+            lambda a, b, c: chunked_ema_conv(a, b, c, chunk=3, truncation=truncation), (u, coef, log_phi))
+    ends = torch.randn(2, 3, 9, 2, dtype=torch.float64, requires_grad=True)
+    decay = (torch.rand(2, 2, dtype=torch.float64) * 0.9).requires_grad_(True)
+    assert torch.autograd.gradcheck(_DecayScan.apply, (ends, decay))
 
 
 def test_padding_never_leaks_into_real_positions():
@@ -142,18 +175,13 @@ def test_gradcheck_small():
     assert torch.autograd.gradcheck(chunk_state, (x,))
 
 
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidir"])
 @pytest.mark.parametrize("kernel_len", [7, 3], ids=["full_kernel", "short_kernel"])
-def test_fft_convolution_gradients(bidirectional, kernel_len):
+def test_fft_convolution_gradients(kernel_len):
     """FFTConvolution's hand-written backward (it recomputes the spectra instead of keeping
-    them) against finite differences, for the input and the kernel, as the EMA calls it."""
+    them) against finite differences, for the input and the kernel, as the prefill calls it."""
     u = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
     k = torch.randn(3, kernel_len, dtype=torch.float64, requires_grad=True)
-    if bidirectional:
-        k_bwd = torch.randn(3, kernel_len, dtype=torch.float64, requires_grad=True)
-        assert torch.autograd.gradcheck(_bidirectional_fft_conv, (u, k, k_bwd))
-    else:
-        assert torch.autograd.gradcheck(_causal_fft_conv, (u, k))
+    assert torch.autograd.gradcheck(_causal_fft_conv, (u, k))
 
 
 def test_parameter_shapes_and_init():

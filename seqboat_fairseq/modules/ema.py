@@ -7,11 +7,13 @@ dimension ``n``::
     h_t = phi * h_{t-1} + p * beta * x_t          (hidden state, B x D x N)
     y_t = sum_n kappa * gamma_n * h_t[n] + omega * x_t
 
-The parallel ``forward`` evaluates the same recurrence as an FFT convolution with the
-kernel ``K[d, l] = sum_n kappa gamma p beta phi^l`` (optionally truncated to
-``truncation`` lags). ``step`` / ``forward_chunk`` are the recurrent form used by
-incremental decoding (``step`` one token, ``forward_chunk`` a prompt); they sit next to
-``forward`` so the equivalence is visible.
+The parallel ``forward`` evaluates the same recurrence as a convolution with the kernel
+``K[d, l] = sum_n kappa gamma p beta phi^l`` (optionally truncated to ``truncation`` lags),
+in chunks of C tokens (``chunked_ema_conv``): a C x C Toeplitz product inside each chunk and a
+scan over the N-dimensional states at the chunk boundaries, O(L D (C + N)) work. ``step`` /
+``forward_chunk`` are the recurrent form used by incremental decoding (``step`` one token,
+``forward_chunk`` a prompt, whose convolution is an FFT: ``_causal_fft_conv``); they sit next
+to ``forward`` so the equivalence is visible.
 """
 
 import math
@@ -89,6 +91,12 @@ class MultiHeadEMA(nn.Module):
         phi = 1.0 - p * a
         return p * upcast(self.beta), phi
 
+    def kernel_terms(self) -> Tuple[Tensor, Tensor]:
+        """``(coef, log_phi)``, each ``(D', N)`` fp32: the kernel is ``K[d, l] = sum_n coef phi^l``
+        with ``coef = kappa gamma p beta``."""
+        p_beta, phi = self.coefficients()
+        return p_beta.squeeze(-1) * upcast(self.gamma) * self.scale, torch.log(phi.squeeze(-1))
+
     def kernel(self, length: int) -> Tensor:
         """EMA kernel ``K[d, l] = sum_n kappa gamma p beta phi^l``, shape ``(D', length)``, fp32.
 
@@ -96,37 +104,41 @@ class MultiHeadEMA(nn.Module):
         over n is one batched matmul of two (D', N, ~sqrt(length)) power tables: no (D', N, L)
         tensor is ever built (it dominated the layer's time and activation memory).
         """
-        p_beta, phi = self.coefficients()
-        coef = p_beta.squeeze(-1) * upcast(self.gamma) * self.scale  # (D', N)
-        log_phi = torch.log(phi)  # (D', N, 1)
+        coef, log_phi = self.kernel_terms()
+        log_phi = log_phi.unsqueeze(-1)  # (D', N, 1)
         block = max(1, math.isqrt(length - 1) + 1) if length > 1 else 1
         num_blocks = -(-length // block)
-        steps = torch.arange(block, device=phi.device, dtype=phi.dtype)
+        steps = torch.arange(block, device=log_phi.device, dtype=log_phi.dtype)
         inner = torch.exp(steps * log_phi)  # phi^b, (D', N, B)
         outer = torch.exp(steps[:num_blocks] * block * log_phi) if num_blocks <= block else \
-            torch.exp(torch.arange(num_blocks, device=phi.device, dtype=phi.dtype) * block * log_phi)
+            torch.exp(torch.arange(num_blocks, device=log_phi.device, dtype=log_phi.dtype) * block * log_phi)
         k = torch.bmm((coef.unsqueeze(-1) * outer).transpose(1, 2), inner)  # (D', A, B)
         return k.flatten(1)[:, :length]
 
     # ------------------------------------------------------------------ parallel form
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None, chunk_size: Optional[int] = None) -> Tensor:
         """x: ``(L, B, D)``; padding_mask: ``(B, L)``, True = pad. Returns ``(L, B, D)``.
+        ``chunk_size``: C of ``chunked_ema_conv`` (default: ``default_chunk_size``).
 
         Padded inputs are zeroed before the convolution so they never leak into real
         positions; the omega skip uses the unmasked input (harmless: callers mask pads).
+        A bidirectional layer runs its backward-in-time rows (D..2D-1) on the time-reversed input
+        in the same call, and adds their time-reversed output: lag 0 counts twice, as upstream.
         """
-        seq_len = x.size(0)
+        seq_len, bsz = x.shape[:2]
         residual = x * self.omega
-        u = x.permute(1, 2, 0)  # (B, D, L)
+        u = x.permute(2, 1, 0)  # (D, B, L), a view
         if padding_mask is not None:
-            u = u.masked_fill(padding_mask.unsqueeze(1), 0.0)
-        kernel_len = seq_len if self.truncation is None else min(self.truncation, seq_len)
-        k = self.kernel(kernel_len)
+            u = u.masked_fill(padding_mask.unsqueeze(0), 0.0)
+        u = upcast(u)
         if self.bidirectional:
-            y = _bidirectional_fft_conv(upcast(u), k[: self.embed_dim], k[self.embed_dim:])
-        else:
-            y = _causal_fft_conv(upcast(u), k)
-        return y.type_as(x).permute(2, 0, 1) + residual
+            u = torch.cat([u, u.flip(-1)], dim=0)
+        coef, log_phi = self.kernel_terms()
+        chunk = chunk_size or default_chunk_size(bsz, seq_len, self.truncation)
+        y = chunked_ema_conv(u, coef, log_phi, chunk, self.truncation)
+        if self.bidirectional:
+            y = y[: self.embed_dim] + y[self.embed_dim:].flip(-1)
+        return y.type_as(x).permute(2, 1, 0) + residual
 
     # ------------------------------------------------------------------ recurrent form
     # Decoding state (all fp32, batch first), updated in place by step / forward_chunk:
@@ -240,6 +252,101 @@ class MultiHeadEMA(nn.Module):
                 f"bidirectional={self.bidirectional}, truncation={self.truncation}")
 
 
+def default_chunk_size(batch_size: int, seq_len: int, truncation: Optional[int] = None) -> int:
+    """C for ``chunked_ema_conv``: 32, or 64 for an untruncated kernel once a call holds >= 8192
+    tokens (fewer, larger matmuls then pay off; a truncated kernel doubles the in-chunk product,
+    which grows with C). ``python bench/ema_conv.py`` measures both against the FFT."""
+    untruncated = truncation is None or truncation >= seq_len
+    return 64 if untruncated and batch_size * seq_len >= 8192 else 32
+
+
+def chunked_ema_conv(u: Tensor, coef: Tensor, log_phi: Tensor, chunk: int,
+                     truncation: Optional[int] = None) -> Tensor:
+    """``y[d, b, t] = sum_{l <= t, l < L_k} K[d, l] u[d, b, t - l]`` with ``K[d, l] = sum_n
+    coef[d, n] phi[d, n]^l``, evaluated in chunks of C tokens instead of by FFT.
+
+    u: ``(D', B, L)`` fp32; coef, log_phi: ``(D', N)`` fp32; truncation: L_k or None.
+    Returns ``(D', B, L)``.
+
+    With ``h_t[n] = sum_{s <= t} phi^(t - s) u_s`` (per channel), a token at offset i of chunk a
+    receives (1) the chunk's own tokens through the C x C lower-triangular Toeplitz matrix
+    ``T[i, j] = K[i - j]`` and (2) everything before the chunk through the state at its start,
+    ``sum_n coef phi^(i + 1) h_(aC - 1)[n]``. The states at chunk ends are a linear scan,
+    ``h_end[a] = phi^C h_end[a - 1] + sum_j phi^(C - 1 - j) u[a, j]`` (``_DecayScan``). The
+    products are batched matmuls, O(L D (C + N)) work, against the FFT's O(L D log L) in complex
+    arithmetic plus the O(L D N)-sized kernel it needs; nothing of size (D, N, L) is built.
+    Truncation: the truncated kernel's output is ``y_t - sum_n coef phi^L_k h_(t - L_k)[n]``, so
+    a second readout with ``coef phi^L_k`` shares the scan, shifted by L_k tokens
+    (the identity the decoding step uses, see 'Decoding state' below).
+    """
+    channels, bsz, seq_len = u.shape
+    ndim = log_phi.size(-1)
+    chunk = max(1, min(chunk, seq_len))
+    num_chunks = -(-seq_len // chunk)
+    padded = num_chunks * chunk
+    # (D', B * A, C), contiguous: a time-major caller's (D', B, L) is a transposed view, and
+    # torch's CPU bmm multiplies a batch without a unit stride matrix by matrix (a copy each)
+    x = F.pad(u, (0, padded - seq_len)).reshape(channels, bsz * num_chunks, chunk).contiguous()
+    powers = torch.exp(log_phi.unsqueeze(-1) * torch.arange(chunk + 1, device=u.device, dtype=u.dtype))  # phi^0..C
+    truncated = truncation is not None and truncation < seq_len
+    readouts = torch.stack([coef, coef * torch.exp(log_phi * truncation)], 1) if truncated else coef.unsqueeze(1)
+    num_readouts = readouts.size(1)  # (D', R, N)
+    kernel = readouts @ powers[..., :chunk]  # (D', R, C): K[0..C-1] (and its L_k-lagged twin)
+    # toeplitz[..., i, j] = K[i - j] for j <= i, else 0: rows of the zero-padded, reversed kernel
+    toeplitz = F.pad(kernel, (chunk - 1, 0)).flip(-1).unfold(-1, chunk, 1).flip(-2)  # (D', R, C, C)
+    # one matmul per channel for the in-chunk outputs and the chunk-end states together
+    weights = torch.cat([toeplitz.permute(0, 3, 1, 2).reshape(channels, chunk, num_readouts * chunk),
+                         powers[..., :chunk].flip(-1).transpose(1, 2)], dim=-1)  # (D', C, R C + N)
+    local, ends = torch.bmm(x, weights).split([num_readouts * chunk, ndim], dim=-1)
+    states = _DecayScan.apply(ends.reshape(channels, bsz, num_chunks, ndim), powers[..., chunk])
+    starts = F.pad(states[:, :, :-1], (0, 0, 1, 0)).reshape(channels, bsz * num_chunks, ndim)  # h before chunk a
+    carry = (readouts.unsqueeze(-1) * powers[:, None, :, 1:]).transpose(1, 2)  # coef phi^(i+1): (D', N, R, C)
+    y = torch.baddbmm(local, starts, carry.reshape(channels, ndim, num_readouts * chunk))
+    y = y.view(channels, bsz, num_chunks, num_readouts, chunk)
+    out = y[..., 0, :].reshape(channels, bsz, padded)[..., :seq_len]
+    if truncated:
+        lagged = y[..., 1, :].reshape(channels, bsz, padded)[..., :seq_len - truncation]
+        out = out - F.pad(lagged, (truncation, 0))
+    return out
+
+
+class _DecayScan(torch.autograd.Function):
+    """``h[a] = decay * h[a - 1] + e[a]`` along the chunk axis (h[-1] = 0), for e ``(D', B, A, N)``
+    and decay ``(D', N)``, as a log-depth (Hillis-Steele) scan: ceil(log2 A) full-size steps
+    instead of A small ones. A Function because autograd would keep every step's input; this
+    keeps the output only. The backward pass is the same scan run backwards in time:
+    ``grad_e[a] = grad_h[a] + decay * grad_e[a + 1]``, ``grad_decay = sum_a grad_e[a] h[a - 1]``."""
+
+    @staticmethod
+    def forward(ctx, ends: Tensor, decay: Tensor) -> Tensor:
+        states = _decay_scan(ends, decay)
+        ctx.save_for_backward(states, decay)
+        return states
+
+    @staticmethod
+    def backward(ctx, grad_states: Tensor):
+        states, decay = ctx.saved_tensors
+        grad_ends = _decay_scan(grad_states.flip(2), decay).flip(2)
+        grad_decay = None
+        if ctx.needs_input_grad[1]:
+            grad_decay = (grad_ends[:, :, 1:] * states[:, :, :-1]).sum((1, 2))
+        return grad_ends, grad_decay
+
+
+def _decay_scan(ends: Tensor, decay: Tensor) -> Tensor:
+    """The forward recurrence of ``_DecayScan`` (no autograd; returns a new tensor): after the
+    step with shift s, h[a] sums e[b] decay^(a - b) over a - 2s < b <= a."""
+    states = ends.clone(memory_format=torch.contiguous_format)
+    factor = decay[:, None, None, :]
+    shift = 1
+    while shift < states.size(2):
+        # the product is a new tensor, so the in-place add reads only the previous step's values
+        states[:, :, shift:] += states[:, :, :-shift] * factor
+        factor = factor * factor
+        shift *= 2
+    return states
+
+
 def _causal_fft_conv(u: Tensor, k: Tensor) -> Tensor:
     """y[b, d, t] = sum_{l <= t, l < K} k[d, l] u[b, d, t - l]. u: (B, D, L) fp32, k: (D, K)."""
     seq_len = u.size(-1)
@@ -247,23 +354,14 @@ def _causal_fft_conv(u: Tensor, k: Tensor) -> Tensor:
     return FFTConvolution.apply(u, upcast(k), 2 * seq_len, 0, seq_len)
 
 
-def _bidirectional_fft_conv(u: Tensor, k_fwd: Tensor, k_bwd: Tensor) -> Tensor:
-    """y[t] = sum_l k_fwd[l] u[t - l] + sum_l k_bwd[l] u[t + l] (lag 0 counted twice)."""
-    seq_len, kernel_len = u.size(-1), k_fwd.size(-1)
-    # combined kernel of length 2K-1 centred at K-1: backward lags reversed, then forward lags;
-    # y[t] is entry t + K - 1 of the full linear convolution of u with it
-    k = F.pad(k_fwd, (kernel_len - 1, 0)) + F.pad(k_bwd.flip(-1), (0, kernel_len - 1))
-    return FFTConvolution.apply(u, upcast(k), 2 * (seq_len + kernel_len - 1), kernel_len - 1, seq_len)
-
-
 class FFTConvolution(torch.autograd.Function):
     """``y = conv(u, k)[..., start:start + length]``, the full linear convolution along the last
     axis computed with FFTs of size ``n >= L_u + K - 1``. u: ``(B, D, L_u)``, k: ``(D, K)``, both fp32.
 
-    Written as a Function for memory, not speed: autograd would keep both spectra ``rfft(u)``
-    and ``rfft(k)`` (2 x (n/2 + 1) complex numbers per channel: 4x the input) for the backward
-    pass, a quarter of a whole SeqBoat LM's activation memory. This keeps ``u`` and ``k`` (``u``
-    is usually a view of a tensor autograd keeps anyway) and recomputes the spectra: the
+    The convolution of ``forward_chunk`` (prompt prefill; the parallel ``forward`` uses
+    ``chunked_ema_conv``). Written as a Function for memory, not speed: autograd would keep both
+    spectra ``rfft(u)`` and ``rfft(k)`` (2 x (n/2 + 1) complex numbers per channel: 4x the input)
+    for the backward pass. This keeps ``u`` and ``k`` and recomputes the spectra: the
     backward pass is two circular correlations, ``grad_u = irfft(G conj(K))[:L_u]`` and
     ``grad_k = sum_b irfft(G conj(U))[:K]`` with ``G = rfft(grad_y placed at start)``.
     """
