@@ -126,11 +126,12 @@ class MultiHeadEMA(nn.Module):
         in the same call, and adds their time-reversed output: lag 0 counts twice, as upstream.
         """
         seq_len, bsz = x.shape[:2]
-        residual = x * self.omega
-        u = x.permute(2, 1, 0)  # (D, B, L), a view
+        # (D, B, L) fp32, contiguous: the layout chunked_ema_conv multiplies in. The omega skip
+        # reads the same copy, so the time-major input is not kept for the backward pass as well
+        u = upcast(x).permute(2, 1, 0).contiguous()
+        residual = u * upcast(self.omega).view(-1, 1, 1)
         if padding_mask is not None:
             u = u.masked_fill(padding_mask.unsqueeze(0), 0.0)
-        u = upcast(u)
         if self.bidirectional:
             u = torch.cat([u, u.flip(-1)], dim=0)
         coef, log_phi = self.kernel_terms()
@@ -138,7 +139,7 @@ class MultiHeadEMA(nn.Module):
         y = chunked_ema_conv(u, coef, log_phi, chunk, self.truncation)
         if self.bidirectional:
             y = y[: self.embed_dim] + y[self.embed_dim:].flip(-1)
-        return y.type_as(x).permute(2, 1, 0) + residual
+        return (y + residual).type_as(x).permute(2, 1, 0).contiguous()
 
     # ------------------------------------------------------------------ recurrent form
     # Decoding state (all fp32, batch first), updated in place by step / forward_chunk:
@@ -284,9 +285,10 @@ def chunked_ema_conv(u: Tensor, coef: Tensor, log_phi: Tensor, chunk: int,
     chunk = max(1, min(chunk, seq_len))
     num_chunks = -(-seq_len // chunk)
     padded = num_chunks * chunk
-    # (D', B * A, C), contiguous: a time-major caller's (D', B, L) is a transposed view, and
-    # torch's CPU bmm multiplies a batch without a unit stride matrix by matrix (a copy each)
-    x = F.pad(u, (0, padded - seq_len)).reshape(channels, bsz * num_chunks, chunk).contiguous()
+    # (D', B * A, C), contiguous: torch's CPU bmm multiplies a batch whose matrices have no unit
+    # stride (e.g. a transposed view of a time-major input) matrix by matrix, a copy each
+    x = F.pad(u, (0, padded - seq_len)) if padded > seq_len else u  # F.pad copies even when padding nothing
+    x = x.reshape(channels, bsz * num_chunks, chunk).contiguous()
     powers = torch.exp(log_phi.unsqueeze(-1) * torch.arange(chunk + 1, device=u.device, dtype=u.dtype))  # phi^0..C
     truncated = truncation is not None and truncation < seq_len
     readouts = torch.stack([coef, coef * torch.exp(log_phi * truncation)], 1) if truncated else coef.unsqueeze(1)

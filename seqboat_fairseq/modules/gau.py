@@ -22,13 +22,13 @@ See ``docs/design.md``, 'GAU working memory', for the decoding state.
 from typing import Dict, Optional
 
 import torch
-import torch.nn.functional as F
 from fairseq.modules.fairseq_dropout import FairseqDropout
 from torch import Tensor, nn
 
 from .initializers import linear, trunc_normal_
 from .local_attention import ATTENTION_ACTIVATIONS, local_attention, memory_attention
 from .positions import RelativePositionalBias, apply_rotary
+from .recompute import gated_linear, silu_linear
 from .sma import Compression, compress, extract, plan_compression
 
 REL_POS_TYPES = ("simple", "rotary")
@@ -91,7 +91,7 @@ class GatedAttentionUnit(nn.Module):
 
     def project(self, s: Tensor, positions: Tensor):
         """s: ``(B, C, D)`` -> q, k ``(B, C, Z)`` (rotated if rotary), r, v ``(B, C, H)``."""
-        z, r, v = F.silu(self.in_proj(s)).split([self.zdim, self.hdim, self.hdim], dim=-1)
+        z, r, v = silu_linear(s, self.in_proj).split([self.zdim, self.hdim, self.hdim], dim=-1)
         qk = z.unsqueeze(-2) * self.qk_gamma + self.qk_beta  # (B, C, 2, Z): one op pair for both
         if self.rotary:
             qk = apply_rotary(qk, positions.unsqueeze(-1))
@@ -107,7 +107,7 @@ class GatedAttentionUnit(nn.Module):
         return positions
 
     def output(self, attended: Tensor, r: Tensor) -> Tensor:
-        g = self.out_proj(attended * r)
+        g = gated_linear(attended, r, self.out_proj)
         return g if self.causal else self.dropout(g)
 
     def attend(self, s: Tensor, positions: Tensor, slot_valid: Tensor) -> Tensor:
