@@ -6,7 +6,8 @@ the output, forward (no grad) and forward + backward (gradients for the input an
 parameter), for
 
 * ``fft``: the kernel ``K (D, L_k)`` (``MultiHeadEMA.kernel``) and an FFT convolution of size 2L
-  (``_causal_fft_conv``, what ``forward`` used before; ``forward_chunk`` still does);
+  (``naive.fft_conv``, torch.fft under autograd: how ``forward`` and ``forward_chunk`` convolved
+  before);
 * ``chunk32`` / ``chunk64``: ``chunked_ema_conv`` with C = 32 / 64 (``forward`` uses
   ``default_chunk_size``: 64 for an untruncated kernel once B x L >= 8192 tokens, else 32).
 
@@ -39,7 +40,8 @@ def main(argv=None):
 
     import torch
 
-    from seqboat_fairseq.modules.ema import MultiHeadEMA, _causal_fft_conv, chunked_ema_conv, default_chunk_size
+    from seqboat_fairseq.modules.ema import MultiHeadEMA, chunked_ema_conv, default_chunk_size
+    from seqboat_fairseq.modules.naive import fft_conv
 
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
     truncations = [None if t.strip().lower() == "none" else int(t) for t in args.truncations.split(",")]
@@ -55,7 +57,7 @@ def main(argv=None):
             kernel_len = seq_len if truncation is None else min(truncation, seq_len)
 
             def fft():
-                return _causal_fft_conv(u.transpose(0, 1), ema.kernel(kernel_len)).transpose(0, 1)
+                return fft_conv(u.transpose(0, 1), ema.kernel(kernel_len)).transpose(0, 1)
 
             def chunked(chunk):
                 def run():

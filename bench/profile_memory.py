@@ -44,7 +44,7 @@ PREFERRED = ("seqboat_fairseq/", "fairseq/", "torch/nn/")
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="seqboat", help="a train_step.py model kind, optionally with +ckpt")
+    p.add_argument("--model", default="seqboat", help="a train_step.py model kind, optionally with +ckpt and/or +rgau")
     add_profile_args(p)
     return p
 
@@ -78,8 +78,8 @@ def main():
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    kind, checkpointed = split_kind(args.model)
-    model, task = build_model(args, kind, args.seq_len, *(["--checkpoint-activations"] if checkpointed else []))
+    kind, flags = split_kind(args.model)
+    model, task = build_model(args, kind, args.seq_len, *flags)
     model.train()
     tokens = random_tokens(task, args.seq_len)
 

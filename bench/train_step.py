@@ -17,7 +17,9 @@ Run from the repository root::
     python bench/train_step.py --seq-lens 4096,8192 --models seqboat,seqboat+ckpt,transformer,transformer+ckpt
 
 A model name with the suffix ``+ckpt`` is that model built with ``--checkpoint-activations``
-(each layer keeps only its input and is recomputed in the backward pass).
+(each layer keeps only its input and is recomputed in the backward pass); ``+rgau`` (SeqBoat
+models) with ``--recompute-gau`` (each GAU keeps only its compressed input and is recomputed);
+both combine (``seqboat+rgau+ckpt``).
 
 Output: a table, one ``BENCH {json}`` line per row, then ratio lines (``BENCH`` too) comparing
 every model with the Transformer at each length, and the issues' targets (at 4k; the training-memory
@@ -37,14 +39,26 @@ from common import (  # noqa: E402
 )
 
 CHECKPOINT_SUFFIX = "+ckpt"  # <kind>+ckpt: the model built with --checkpoint-activations
+RECOMPUTE_SUFFIX = "+rgau"  # <kind>+rgau: a SeqBoat model built with --recompute-gau
+SUFFIX_FLAGS = {CHECKPOINT_SUFFIX: "--checkpoint-activations", RECOMPUTE_SUFFIX: "--recompute-gau"}
 DEFAULT_MODELS = (*MODEL_KINDS, "seqboat" + CHECKPOINT_SUFFIX, "transformer" + CHECKPOINT_SUFFIX)
 
 
 def split_kind(kind: str):
-    """``"seqboat+ckpt"`` -> ``("seqboat", True)``; ``"seqboat"`` -> ``("seqboat", False)``."""
-    if kind.endswith(CHECKPOINT_SUFFIX):
-        return kind[: -len(CHECKPOINT_SUFFIX)], True
-    return kind, False
+    """``"seqboat+rgau+ckpt"`` -> ``("seqboat", ["--recompute-gau", "--checkpoint-activations"])``;
+    ``"seqboat"`` -> ``("seqboat", [])``. Raises ``ValueError`` for an unknown kind or suffix."""
+    base, *suffixes = kind.split("+")
+    if base not in MODEL_KINDS:
+        raise ValueError(f"unknown model {kind!r}; expected one of {MODEL_KINDS}, each optionally with the "
+                         f"suffixes {CHECKPOINT_SUFFIX} and (SeqBoat models) {RECOMPUTE_SUFFIX}")
+    flags = []
+    for suffix in suffixes:
+        flag = SUFFIX_FLAGS.get("+" + suffix)
+        if flag is None or (flag == "--recompute-gau" and base == "transformer"):
+            raise ValueError(f"model {kind!r}: unknown or inapplicable suffix +{suffix}; expected "
+                             f"{CHECKPOINT_SUFFIX} or (SeqBoat models) {RECOMPUTE_SUFFIX}")
+        flags.append(flag)
+    return base, flags
 
 
 def cuda_allocated_peak_mb(step) -> float:
@@ -83,8 +97,8 @@ def allocated_peak_mb(step) -> float:
 
 
 def row_label(kind: str, window: int) -> str:
-    base, checkpointed = split_kind(kind)
-    return model_label(base, window) + (CHECKPOINT_SUFFIX if checkpointed else "")
+    base, _ = split_kind(kind)
+    return model_label(base, window) + kind[len(base):]
 
 
 def get_parser():
@@ -92,7 +106,8 @@ def get_parser():
     p.add_argument("--seq-lens", default="1024,2048,4096,8192", help="comma-separated sequence lengths")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS),
                    help=f"comma-separated subset of {','.join(MODEL_KINDS)}, each optionally with the suffix "
-                        f"{CHECKPOINT_SUFFIX} (built with --checkpoint-activations)")
+                        f"{CHECKPOINT_SUFFIX} (built with --checkpoint-activations) and, SeqBoat models, "
+                        f"{RECOMPUTE_SUFFIX} (--recompute-gau)")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per (model, length); median reported")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps per (model, length)")
     add_model_shape_args(p)
@@ -122,8 +137,9 @@ def run_worker(args) -> dict:
     import torch.nn.functional as F
 
     max_len = max(parse_int_list(args.seq_lens) + [args.seq_len])
-    kind, checkpointed = split_kind(args.model)
-    model, task = build_model(args, kind, max_len, *(["--checkpoint-activations"] if checkpointed else []))
+    kind, flags = split_kind(args.model)
+    checkpointed = "--checkpoint-activations" in flags
+    model, task = build_model(args, kind, max_len, *flags)
     device = torch.device(args.device)
     model.to(device).train()  # dropout is 0 anyway; training mode as in fairseq-train
     # layers wrapped by --checkpoint-activations (fairseq's checkpoint_wrapper marks them)
@@ -183,6 +199,7 @@ def run_worker(args) -> dict:
     return {
         "bench": "train_step", "model": row_label(args.model, args.window), "kind": args.model,
         "checkpoint_activations": checkpointed, "checkpointed_layers": wrapped,
+        "recompute_gau": "--recompute-gau" in flags,
         "seq_len": args.seq_len, "batch_size": args.batch_size,
         "step": "fwd+bwd+adam" if args.optimizer_step else "fwd+bwd",
         "ms": round(median(wall), 2), "ms_all": [round(t, 2) for t in wall],
@@ -239,9 +256,10 @@ def main():
 
     kinds = [k.strip() for k in args.models.split(",") if k.strip()]
     for k in kinds:
-        if split_kind(k)[0] not in MODEL_KINDS:
-            raise SystemExit(f"unknown model {k!r}; expected some of {MODEL_KINDS}, each optionally with "
-                             f"the suffix {CHECKPOINT_SUFFIX}")
+        try:
+            split_kind(k)
+        except ValueError as e:
+            raise SystemExit(f"--models: {e}")
     seq_lens = parse_int_list(args.seq_lens)
     threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
     load = os.getloadavg()
@@ -336,7 +354,8 @@ def main():
     if args.baseline == "transformer":
         seqboat = model_label("seqboat", args.window)
         for seq_len in (4096, 8192):
-            for label, bound in ((seqboat, 1.0), (seqboat + CHECKPOINT_SUFFIX, 0.25)):
+            for label, bound in ((seqboat, 1.0), (seqboat + RECOMPUTE_SUFFIX, 1.0), (seqboat + CHECKPOINT_SUFFIX, 0.25),
+                                 (seqboat + RECOMPUTE_SUFFIX + CHECKPOINT_SUFFIX, 0.25)):
                 x = next((x for x in ratio_rows if x["seq_len"] == seq_len and x["model"] == label), None)
                 if x is None:
                     continue

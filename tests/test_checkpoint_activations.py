@@ -128,6 +128,35 @@ def test_lm_loss_and_gradients_equal_without_checkpointing(lm_dir, extra, flag):
     assert_same_step(plain, checkpointed, lm_loss(tokens, pad), lambda m: m.decoder.layers, seed=7)
 
 
+@pytest.mark.parametrize("extra", [
+    ["--decoder-chunk-size", "8"],
+    ["--decoder-chunk-size", "8", "--checkpoint-activations"],
+    ["--decoder-chunk-size", "-1", "--rel-pos-bias", "simple"],
+], ids=["w8", "w8-with-checkpoint-activations", "full-simple"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_lm_recompute_gau_equals_the_plain_step_and_keeps_less(lm_dir, extra, autocast):
+    """--recompute-gau: every GAU keeps only its compressed input; the recomputation replays the
+    dropout masks (hidden, attention) and the autocast state, so loss, gradients and routing equal
+    the run without it."""
+    plain, recomputing, task = twins(lambda *a: build_lm(lm_dir, *a), *LM, *extra, flag="--recompute-gau")
+    gaus = [layer.gau for layer in recomputing.decoder.layers]
+    assert all(g.recompute for g in gaus) and not any(layer.gau.recompute for layer in plain.decoder.layers)
+    tokens, pad = lm_tokens(task)
+    gaus_of = lambda m: [layer.gau for layer in m.decoder.layers]  # noqa: E731
+    loss_a, grads_a, act_a, saved_a = train_step(plain, lm_loss(tokens, pad), gaus_of(plain), 1, autocast)
+    loss_b, grads_b, act_b, saved_b = train_step(recomputing, lm_loss(tokens, pad), gaus_of(recomputing), 1, autocast)
+    loss_c, *_ = train_step(copy.deepcopy(plain), lm_loss(tokens, pad), gaus_of(plain), 2, autocast)
+    assert loss_c != loss_a  # the dropout draws matter, so equality below means they were replayed
+    assert torch.equal(loss_b, loss_a), (loss_b.item(), loss_a.item())
+    assert set(grads_b) == set(grads_a)
+    for name in grads_a:
+        assert_close(name, grads_b[name], grads_a[name], atol=1e-7, rtol=1e-6)
+    for a, b in zip(act_a, act_b):
+        assert torch.equal(a.active, b.active) and torch.equal(a.confidence, b.confidence)
+    if "--checkpoint-activations" not in extra:  # (inside a checkpointed layer the GAU's first run keeps nothing)
+        assert saved_b * 3 < saved_a, f"recomputing GAUs saved {saved_b} bytes, plain ones {saved_a}"
+
+
 def test_lm_under_autocast_recomputes_in_the_forward_precision(lm_dir):
     """fairseq's --amp runs the forward under autocast and backward outside it: the recomputation
     must run under the first run's autocast state, or the gradients differ."""

@@ -1,12 +1,12 @@
-"""MD-EMA: the chunked convolution (parallel form) and the FFT convolution (prefill) vs direct
-sums, and the recurrent form vs the convolution."""
+"""MD-EMA: the chunked convolution vs direct sums and an FFT convolution, and the recurrent form
+vs the convolution."""
 
 import pytest
 import torch
 
 from conftest import assert_close
-from seqboat_fairseq.modules.ema import MultiHeadEMA, _causal_fft_conv, _DecayScan, chunked_ema_conv
-from seqboat_fairseq.modules.naive import ema_direct, ema_recurrence
+from seqboat_fairseq.modules.ema import MultiHeadEMA, _DecayScan, chunked_ema_conv
+from seqboat_fairseq.modules.naive import ema_direct, ema_recurrence, fft_conv
 
 
 def _ema(bidirectional, truncation, dim=6, ndim=4):
@@ -44,7 +44,7 @@ def test_chunked_conv_matches_fft_on_long_sequences(truncation):
         ema.alpha[:, :2].fill_(-6.0)
     x = torch.randn(700, 2, 8)
     u = x.permute(1, 2, 0)
-    y_fft = _causal_fft_conv(u, ema.kernel(700 if truncation is None else min(truncation, 700)))
+    y_fft = fft_conv(u, ema.kernel(700 if truncation is None else min(truncation, 700)))
     y = ema(x) - x * ema.omega
     assert_close("chunked vs fft", y, y_fft.permute(2, 0, 1), atol=2e-5, rtol=1e-5)
 
@@ -173,15 +173,6 @@ def test_gradcheck_small():
         return state["lag_hidden"], state["hidden"]
 
     assert torch.autograd.gradcheck(chunk_state, (x,))
-
-
-@pytest.mark.parametrize("kernel_len", [7, 3], ids=["full_kernel", "short_kernel"])
-def test_fft_convolution_gradients(kernel_len):
-    """FFTConvolution's hand-written backward (it recomputes the spectra instead of keeping
-    them) against finite differences, for the input and the kernel, as the prefill calls it."""
-    u = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
-    k = torch.randn(3, kernel_len, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_causal_fft_conv, (u, k))
 
 
 def test_parameter_shapes_and_init():

@@ -46,6 +46,11 @@ class CheckpointActivationsConfig(FairseqDataclass):
     offload_activations: bool = field(
         default=False, metadata={"help": "move checkpointed activations to CPU after they are used. "
                                          "Sets --checkpoint-activations."})
+    recompute_gau: bool = field(
+        default=False, metadata={"help": "selective recomputation: each GAU keeps only its compressed input and "
+                                         "runs its projection and attention again in the backward pass (same loss "
+                                         "and gradients; less memory than without, less time than "
+                                         "--checkpoint-activations; the two combine)"})
 
 
 def checkpoint_options(cfg):
@@ -56,8 +61,15 @@ def checkpoint_options(cfg):
 
 
 def checkpoint_layers(layers: nn.ModuleList, cfg) -> nn.ModuleList:
-    """Wraps every layer (:func:`checkpoint_layer`) when the config asks for checkpointing."""
+    """Wraps every layer (:func:`checkpoint_layer`) when the config asks for checkpointing, and
+    sets every GAU's ``recompute`` with ``--recompute-gau``."""
+    from ..modules.gau import GatedAttentionUnit
+
     checkpoint, offload = checkpoint_options(cfg)
+    if getattr(cfg, "recompute_gau", False):  # configs saved before the option existed: off
+        for module in layers.modules():
+            if isinstance(module, GatedAttentionUnit):
+                module.recompute = True
     if checkpoint:
         for layer in layers:
             checkpoint_layer(layer, offload_to_cpu=offload)

@@ -12,8 +12,8 @@ The parallel ``forward`` evaluates the same recurrence as a convolution with the
 in chunks of C tokens (``chunked_ema_conv``): a C x C Toeplitz product inside each chunk and a
 scan over the N-dimensional states at the chunk boundaries, O(L D (C + N)) work. ``step`` /
 ``forward_chunk`` are the recurrent form used by incremental decoding (``step`` one token,
-``forward_chunk`` a prompt, whose convolution is an FFT: ``_causal_fft_conv``); they sit next
-to ``forward`` so the equivalence is visible.
+``forward_chunk`` a prompt: the same convolution plus the carried state); they sit next to
+``forward`` so the equivalence is visible.
 """
 
 import math
@@ -197,14 +197,20 @@ class MultiHeadEMA(nn.Module):
 
         x: ``(T, B, D)``; position ``(B,)`` of its first token; padding_mask ``(B, T)``.
         Returns ``(y (T, B, D), state)``, the state updated in place. The work is that of the
-        parallel ``forward`` (FFT convolution) plus O(B D N T) for the carried and the final
+        parallel ``forward`` (``chunked_ema_conv``) plus O(B D N T) for the carried and the final
         hidden states, computed blockwise: no (D, N, T) tensor is built.
         """
-        seq_len = x.size(0)
+        seq_len, bsz = x.shape[:2]
         u = x if padding_mask is None else x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
         u = upcast(u).permute(1, 2, 0)  # (B, D, T)
+        coef, log_phi = self.kernel_terms()
+
+        def convolve(inputs: Tensor, truncation: Optional[int]) -> Tensor:  # (B, D, T') -> (B, D, T')
+            chunk = default_chunk_size(bsz, inputs.size(-1), truncation)
+            return chunked_ema_conv(inputs.transpose(0, 1), coef, log_phi, chunk, truncation).transpose(0, 1)
+
         if self.truncation is None:
-            y = _causal_fft_conv(u, self.kernel(seq_len)) + self._carried(state["hidden"], seq_len)
+            y = convolve(u, None) + self._carried(state["hidden"], seq_len)
         else:
             trunc = self.truncation
             offsets = torch.arange(trunc, device=x.device)
@@ -212,7 +218,7 @@ class MultiHeadEMA(nn.Module):
             # the ring in chronological order (oldest first), then the new inputs
             order = ((position.unsqueeze(1) + offsets) % trunc).unsqueeze(-1).expand(-1, -1, self.embed_dim)
             seq = torch.cat([ring.gather(1, order).transpose(1, 2), u], dim=2)  # (B, D, L_k + T)
-            y = _causal_fft_conv(seq, self.kernel(trunc))[..., trunc:]
+            y = convolve(seq, trunc)[..., trunc:]
             # inputs leaving the ring advance h_lag; the last L_k inputs stay
             state["lag_hidden"].copy_(self._advance(state["lag_hidden"], seq[..., :seq_len]))
             new_order = ((position.unsqueeze(1) + seq_len + offsets) % trunc).unsqueeze(-1)
@@ -347,43 +353,3 @@ def _decay_scan(ends: Tensor, decay: Tensor) -> Tensor:
         factor = factor * factor
         shift *= 2
     return states
-
-
-def _causal_fft_conv(u: Tensor, k: Tensor) -> Tensor:
-    """y[b, d, t] = sum_{l <= t, l < K} k[d, l] u[b, d, t - l]. u: (B, D, L) fp32, k: (D, K)."""
-    seq_len = u.size(-1)
-    # 2L >= L + K - 1: no wrap-around; the kernel may come out of autocast in half precision
-    return FFTConvolution.apply(u, upcast(k), 2 * seq_len, 0, seq_len)
-
-
-class FFTConvolution(torch.autograd.Function):
-    """``y = conv(u, k)[..., start:start + length]``, the full linear convolution along the last
-    axis computed with FFTs of size ``n >= L_u + K - 1``. u: ``(B, D, L_u)``, k: ``(D, K)``, both fp32.
-
-    The convolution of ``forward_chunk`` (prompt prefill; the parallel ``forward`` uses
-    ``chunked_ema_conv``). Written as a Function for memory, not speed: autograd would keep both
-    spectra ``rfft(u)`` and ``rfft(k)`` (2 x (n/2 + 1) complex numbers per channel: 4x the input)
-    for the backward pass. This keeps ``u`` and ``k`` and recomputes the spectra: the
-    backward pass is two circular correlations, ``grad_u = irfft(G conj(K))[:L_u]`` and
-    ``grad_k = sum_b irfft(G conj(U))[:K]`` with ``G = rfft(grad_y placed at start)``.
-    """
-
-    @staticmethod
-    def forward(ctx, u: Tensor, k: Tensor, n: int, start: int, length: int) -> Tensor:
-        ctx.save_for_backward(u, k)
-        ctx.n, ctx.start = n, start
-        y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
-        return y[..., start:start + length]
-
-    @staticmethod
-    def backward(ctx, grad_y: Tensor):
-        u, k = ctx.saved_tensors
-        n, start = ctx.n, ctx.start
-        grad_spectrum = torch.fft.rfft(F.pad(grad_y, (start, n - start - grad_y.size(-1))), n=n)
-        grad_u = grad_k = None
-        if ctx.needs_input_grad[0]:
-            grad_u = torch.fft.irfft(grad_spectrum * torch.fft.rfft(k, n=n).conj(), n=n)[..., :u.size(-1)]
-        if ctx.needs_input_grad[1]:
-            correlation = (grad_spectrum * torch.fft.rfft(u, n=n).conj()).sum(0)
-            grad_k = torch.fft.irfft(correlation, n=n)[..., :k.size(-1)]
-        return grad_u, grad_k, None, None, None

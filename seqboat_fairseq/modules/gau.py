@@ -24,6 +24,7 @@ from typing import Dict, Optional
 import torch
 from fairseq.modules.fairseq_dropout import FairseqDropout
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .initializers import linear, trunc_normal_
 from .local_attention import ATTENTION_ACTIVATIONS, local_attention, memory_attention
@@ -88,6 +89,9 @@ class GatedAttentionUnit(nn.Module):
         self.hidden_dropout = FairseqDropout(hidden_dropout, module_name=type(self).__name__)
         self.attention_dropout = FairseqDropout(attention_dropout, module_name=type(self).__name__)
         self.dropout = FairseqDropout(dropout, module_name=type(self).__name__)
+        # --recompute-gau (set by models/checkpoint_activations.py): the parallel forward keeps
+        # only the compressed input and runs ``attend`` again in the backward pass
+        self.recompute = False
 
     def project(self, s: Tensor, positions: Tensor):
         """s: ``(B, C, D)`` -> q, k ``(B, C, Z)`` (rotated if rotary), r, v ``(B, C, H)``."""
@@ -125,7 +129,13 @@ class GatedAttentionUnit(nn.Module):
         """s: ``(B, L, D)``, active: ``(B, L)`` bool. Runs on the active tokens only; returns
         ``(B, L, D)`` with zeros at skipped tokens."""
         plan = plan_compression(active, block=self.window)
-        return extract(self.attend(compress(s, plan), plan.index, plan.slot_valid), plan)
+        compressed = compress(s, plan)
+        if self.recompute and torch.is_grad_enabled():
+            # torch's checkpoint restores the RNG state (same dropout masks) and the autocast state
+            attended = checkpoint(self.attend, compressed, plan.index, plan.slot_valid, use_reentrant=False)
+        else:
+            attended = self.attend(compressed, plan.index, plan.slot_valid)
+        return extract(attended, plan)
 
     # ------------------------------------------------------------------ incremental decoding
     # Working memory (causal only), batch first, updated in place by step / forward_chunk:

@@ -27,6 +27,14 @@ def ema_kernel_direct(ema, length: int) -> Tensor:
     return torch.stack([(coef * phi ** lag).sum(-1) for lag in range(length)], dim=-1)
 
 
+def fft_conv(u: Tensor, k: Tensor) -> Tensor:
+    """y[..., d, t] = sum_{l <= t, l < K} k[d, l] u[..., d, t - l] by FFT of size 2L (no wrap-around).
+    u: (..., D, L), k: (D, K). The MD-EMA's parallel form before the chunked one: a reference for
+    tests and ``bench/ema_conv.py``."""
+    n = 2 * u.size(-1)
+    return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)[..., :u.size(-1)]
+
+
 def ema_direct(ema, x: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
     """Direct double sum of the MD-EMA convolution (docs/design.md, 'MD-EMA') in float64.
     x: (L, B, D) -> (L, B, D)."""

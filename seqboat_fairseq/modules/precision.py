@@ -1,4 +1,4 @@
-"""Precision policy: numerically sensitive parts (FFT, softmax, router) run in at least fp32.
+"""Precision policy: numerically sensitive parts (the MD-EMA convolution, softmax, router) run in at least fp32.
 
 ``upcast`` lifts fp16/bf16 to fp32 and leaves fp32/fp64 alone, so float64 gradchecks
 exercise the same code paths as training.
