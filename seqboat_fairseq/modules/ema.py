@@ -305,11 +305,16 @@ def chunked_ema_conv(u: Tensor, coef: Tensor, log_phi: Tensor, chunk: int,
     # one matmul per channel for the in-chunk outputs and the chunk-end states together
     weights = torch.cat([toeplitz.permute(0, 3, 1, 2).reshape(channels, chunk, num_readouts * chunk),
                          powers[..., :chunk].flip(-1).transpose(1, 2)], dim=-1)  # (D', C, R C + N)
-    local, ends = torch.bmm(x, weights).split([num_readouts * chunk, ndim], dim=-1)
+    products = torch.bmm(x, weights)
+    # (slices, not split(): the in-chunk part is added to in place below)
+    local, ends = products[..., :num_readouts * chunk], products[..., num_readouts * chunk:]
     states = _DecayScan.apply(ends.reshape(channels, bsz, num_chunks, ndim), powers[..., chunk])
-    starts = F.pad(states[:, :, :-1], (0, 0, 1, 0)).reshape(channels, bsz * num_chunks, ndim)  # h before chunk a
     carry = (readouts.unsqueeze(-1) * powers[:, None, :, 1:]).transpose(1, 2)  # coef phi^(i+1): (D', N, R, C)
-    y = torch.baddbmm(local, starts, carry.reshape(channels, ndim, num_readouts * chunk))
+    # what the state at the end of chunk a carries into chunk a + 1 (the matmul reads the scan's
+    # output itself, which autograd keeps anyway, rather than a shifted copy of it)
+    carried = torch.bmm(states.view(channels, bsz * num_chunks, ndim), carry.reshape(channels, ndim, -1))
+    y = local.view(channels, bsz, num_chunks, -1)
+    y[:, :, 1:] += carried.view(channels, bsz, num_chunks, -1)[:, :, :-1]
     y = y.view(channels, bsz, num_chunks, num_readouts, chunk)
     out = y[..., 0, :].reshape(channels, bsz, padded)[..., :seq_len]
     if truncated:

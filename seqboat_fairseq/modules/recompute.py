@@ -93,7 +93,10 @@ class _GatedLinear(torch.autograd.Function):
                 del product
             if bias is not None and ctx.needs_input_grad[3]:
                 grad_bias = flat_grad.sum(0)
-            grad_product = (grad @ weight.to(dtype)).to(ctx.product_dtype) if any(ctx.needs_input_grad[:2]) else None
-            grad_a = (grad_product * b).to(a.dtype) if ctx.needs_input_grad[0] else None
-            grad_b = (grad_product * a).to(b.dtype) if ctx.needs_input_grad[1] else None
+            grad_a = grad_b = None
+            if any(ctx.needs_input_grad[:2]):
+                grad_product = (grad @ weight.to(dtype)).to(ctx.product_dtype)
+                grad_a = (grad_product * b).to(a.dtype) if ctx.needs_input_grad[0] else None
+                # our own temporary: b's gradient can take its place
+                grad_b = grad_product.mul_(a).to(b.dtype) if ctx.needs_input_grad[1] else None
         return grad_a, grad_b, _cast(grad_w, weight.dtype), _cast(grad_bias, None if bias is None else bias.dtype)
