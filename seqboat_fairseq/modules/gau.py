@@ -22,6 +22,7 @@ See ``docs/design.md``, 'GAU working memory', for the decoding state.
 from typing import Dict, Optional
 
 import torch
+import torch.nn.functional as F
 from fairseq.modules.fairseq_dropout import FairseqDropout
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -95,7 +96,10 @@ class GatedAttentionUnit(nn.Module):
 
     def project(self, s: Tensor, positions: Tensor):
         """s: ``(B, C, D)`` -> q, k ``(B, C, Z)`` (rotated if rotary), r, v ``(B, C, H)``."""
-        z, r, v = silu_linear(s, self.in_proj).split([self.zdim, self.hdim, self.hdim], dim=-1)
+        # with --recompute-gau the widest activation, the pre-activation, is recomputed as well
+        # (one more matmul); without it, speed first
+        a = silu_linear(s, self.in_proj) if self.recompute else F.silu(self.in_proj(s))
+        z, r, v = a.split([self.zdim, self.hdim, self.hdim], dim=-1)
         qk = z.unsqueeze(-2) * self.qk_gamma + self.qk_beta  # (B, C, 2, Z): one op pair for both
         if self.rotary:
             qk = apply_rotary(qk, positions.unsqueeze(-1))

@@ -4,10 +4,11 @@
   gradient) and the pre-activation ``u = linear(x)`` (for SiLU's derivative). ``u`` is the
   GAU's widest tensor, ``Z + 2H`` values per active token: 14 % of an LM training step's peak
   memory. This keeps ``x`` only and recomputes ``u`` in the backward pass, which costs one more
-  matmul.
+  matmul (+12 % step time), so the GAU uses it only with ``--recompute-gau``.
 * ``gated_linear(a, b, linear)`` = ``linear(a * b)``. Autograd keeps ``a`` and ``b`` (for the
   product's derivative) and also the product (for the weight gradient). This keeps ``a`` and
-  ``b`` and recomputes the product with one elementwise multiplication: 6 % of the peak.
+  ``b`` and recomputes the product with one elementwise multiplication: 6 % of the peak, always
+  on.
 
 ``python bench/profile_memory.py`` shows what a step keeps. Both are exact: the same products
 in the same dtype. Under autocast, the backward pass recomputes in the dtype the forward pass
