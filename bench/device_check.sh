@@ -35,7 +35,7 @@ fi
 log "2/4 module and decoding tests on $DEVICE (fp32; bf16 and fp16 in test_precision.py)"
 SEQBOAT_TEST_DEVICE=$DEVICE timeout 240 python -m pytest -q -p no:cacheprovider \
   tests/test_layer.py tests/test_incremental.py tests/test_local_attention.py tests/test_ema.py tests/test_sma.py \
-  tests/test_precision.py tests/test_no_host_sync.py tests/test_forced_activation.py 2>&1 | tee "$OUT/tests.log" | tail -3
+  tests/test_precision.py tests/test_no_host_sync.py tests/test_forced_activation.py tests/test_recompute.py 2>&1 | tee "$OUT/tests.log" | tail -3
 
 log "3/4 training seqboat_lm_enwik8_base (--fp16, --bf16 on a GPU; fp32 tiny run on the CPU)"
 DATA=$OUT/data-bin
