@@ -136,10 +136,10 @@ class GatedAttentionUnit(nn.Module):
         compressed = compress(s, plan)
         if self.recompute and torch.is_grad_enabled():
             # torch's checkpoint restores the RNG state (same dropout masks) and the autocast state
-            attended = checkpoint(self.attend, compressed, plan.index, plan.slot_valid, use_reentrant=False)
+            out = checkpoint(self.attend, compressed, plan.index, plan.slot_valid, use_reentrant=False)
         else:
-            attended = self.attend(compressed, plan.index, plan.slot_valid)
-        return extract(attended, plan)
+            out = self.attend(compressed, plan.index, plan.slot_valid)
+        return extract(out, plan)
 
     # ------------------------------------------------------------------ incremental decoding
     # Working memory (causal only), batch first, updated in place by step / forward_chunk:
