@@ -129,11 +129,14 @@ class MultiHeadEMA(nn.Module):
         # (D, B, L) fp32, contiguous: the layout chunked_ema_conv multiplies in. The omega skip
         # reads the same copy, so the time-major input is not kept for the backward pass as well
         u = upcast(x).permute(2, 1, 0).contiguous()
-        residual = u * upcast(self.omega).view(-1, 1, 1)
+        skip_input = u
         if padding_mask is not None:
             u = u.masked_fill(padding_mask.unsqueeze(0), 0.0)
         if self.bidirectional:
             u = torch.cat([u, u.flip(-1)], dim=0)
+            if padding_mask is None:  # the same values: one copy kept for the backward pass, not two
+                skip_input = u[: self.embed_dim]
+        residual = skip_input * upcast(self.omega).view(-1, 1, 1)
         coef, log_phi = self.kernel_terms()
         chunk = chunk_size or default_chunk_size(bsz, seq_len, self.truncation)
         y = chunked_ema_conv(u, coef, log_phi, chunk, self.truncation)
