@@ -51,22 +51,30 @@ def test_gradcheck(name, bias):
     assert torch.autograd.gradcheck(lambda *args: ours(args[:count], linear), (*tensors, *params))
 
 
+def _outputs_and_grads(fns, tensors, linear, autocast=False):
+    """For each fn: [output, grad of every tensor, weight grad, bias grad] after one backward
+    (under bf16 autocast on the tensors' device when asked; backward outside it, as fairseq does)."""
+    grad = torch.randn(2, 70, 7)
+    results = []
+    for fn in fns:
+        linear.zero_grad()
+        for t in tensors:
+            t.grad = None
+        with torch.autocast(tensors[0].device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = fn(tensors, linear)
+        assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
+        out.float().backward(grad)
+        results.append([out.detach().float()] + [t.grad.clone() for t in tensors]
+                       + [linear.weight.grad.clone(), linear.bias.grad.clone()])
+    return results
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_equal_to_the_plain_composition_and_keeps_less(name):
     ours, plain, count = CASES[name]
     linear = Linear(5, 7)
     tensors = _inputs(count)
-    grad = torch.randn(2, 70, 7)
-    results = []
-    for fn in (ours, plain):
-        linear.zero_grad()
-        for t in tensors:
-            t.grad = None
-        out = fn(tensors, linear)
-        out.backward(grad)
-        results.append([out.detach()] + [t.grad.clone() for t in tensors] + [linear.weight.grad.clone(),
-                                                                                linear.bias.grad.clone()])
-    for i, (a, b) in enumerate(zip(*results)):
+    for i, (a, b) in enumerate(zip(*_outputs_and_grads((ours, plain), tensors, linear))):
         assert_close(f"{name} output/grad {i}", a, b, atol=1e-6, rtol=1e-6)
     # the point of the Function: the (rows x 7) pre-activation / the (rows x 5) product is not kept
     kept, kept_plain = (_saved_bytes(lambda fn=fn: fn(tensors, linear)) for fn in (ours, plain))
@@ -81,17 +89,7 @@ def test_autocast_bf16_matches_the_plain_composition(name):
     ours, plain, count = CASES[name]
     linear = Linear(5, 7)
     tensors = _inputs(count)
-    grad = torch.randn(2, 70, 7)
-    results = []
-    for fn in (ours, plain):
-        linear.zero_grad()
-        for t in tensors:
-            t.grad = None
-        with torch.autocast(tensors[0].device.type, dtype=torch.bfloat16):
-            out = fn(tensors, linear)
-        assert out.dtype == torch.bfloat16
-        out.float().backward(grad)
-        results.append([out.detach().float()] + [t.grad.clone() for t in tensors] + [linear.weight.grad.clone()])
+    results = _outputs_and_grads((ours, plain), tensors, linear, autocast=True)
     assert all(t.grad.dtype == torch.float32 for t in tensors) and linear.weight.grad.dtype == torch.float32
     for i, (a, b) in enumerate(zip(*results)):
         assert_close(f"{name} bf16 output/grad {i}", a, b, atol=2e-2, rtol=2e-2)
