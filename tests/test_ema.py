@@ -110,15 +110,19 @@ def test_decoding_is_exact_for_the_truncated_kernel(truncation):
     assert_close("step vs parallel", y[real], ema(x, pad)[real], atol=2e-5)
 
 
-@pytest.mark.parametrize("truncation", [None, 5], ids=["untruncated", "trunc5"])
-def test_chunked_prefill_equals_steps(truncation):
-    """forward_chunk over several chunks == token-by-token, outputs and every state slot."""
+@pytest.mark.parametrize("truncation", [None, 5, 12], ids=["untruncated", "trunc5", "trunc12"])
+@pytest.mark.parametrize("consumed_hint", [False, True], ids=["no_hint", "consumed_hint"])
+def test_chunked_prefill_equals_steps(truncation, consumed_hint):
+    """forward_chunk over several chunks == token-by-token, outputs and every state slot. With the
+    ``consumed`` hint a state that has consumed fewer than L_k tokens convolves only those (chunks
+    crossing L_k from below: 1 -> 9 with L_k 5, 9 -> 12 with L_k 12)."""
     ema = _ema(False, truncation)
     x = torch.randn(23, 3, 6)
     y_steps, s_steps = _run_steps(ema, x)
     state, ys, start = ema.init_state(3), [], 0
     for size in (1, 8, 3, 11):
-        y_c, state = ema.forward_chunk(x[start:start + size], state, torch.full((3,), start))
+        y_c, state = ema.forward_chunk(x[start:start + size], state, torch.full((3,), start),
+                                       consumed=start if consumed_hint else None)
         ys.append(y_c)
         start += size
     assert_close("chunk outputs", torch.cat(ys), y_steps, atol=2e-5)

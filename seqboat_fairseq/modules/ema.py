@@ -195,13 +195,16 @@ class MultiHeadEMA(nn.Module):
         return y.type_as(x) + x * self.omega, state
 
     def forward_chunk(self, x: Tensor, state: EMAState, position: Tensor,
-                      padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, EMAState]:
+                      padding_mask: Optional[Tensor] = None, consumed: Optional[int] = None
+                      ) -> Tuple[Tensor, EMAState]:
         """T tokens at once with a carried state (prompt prefill): equal to T ``step`` calls.
 
-        x: ``(T, B, D)``; position ``(B,)`` of its first token; padding_mask ``(B, T)``.
-        Returns ``(y (T, B, D), state)``, the state updated in place. The work is that of the
-        parallel ``forward`` (``chunked_ema_conv``) plus O(B D N T) for the carried and the final
-        hidden states, computed blockwise: no (D, N, T) tensor is built.
+        x: ``(T, B, D)``; position ``(B,)`` of its first token; padding_mask ``(B, T)``;
+        ``consumed``: how many tokens the state has consumed (a host int, the same for every row;
+        None: unknown). Returns ``(y (T, B, D), state)``, the state updated in place. The work is
+        that of the parallel ``forward`` (``chunked_ema_conv``) over the T tokens, plus, with
+        truncation, the ring's min(consumed, L_k) inputs before them, plus O(B D N T) for the
+        carried and the final hidden states, computed blockwise: no (D, N, T) tensor is built.
         """
         seq_len, bsz = x.shape[:2]
         u = x if padding_mask is None else x.masked_fill(padding_mask.t().unsqueeze(-1), 0.0)
@@ -216,16 +219,24 @@ class MultiHeadEMA(nn.Module):
             y = convolve(u, None) + self._carried(state["hidden"], seq_len)
         else:
             trunc = self.truncation
+            # Until L_k tokens have been consumed, the ring's older entries are its initial zeros
+            # and h_lag is zero: only the last `held` entries matter (a short prompt then costs a
+            # convolution of its own length, not of L_k more)
+            held = trunc if consumed is None or consumed >= trunc else consumed
             offsets = torch.arange(trunc, device=x.device)
             ring = state["inputs"]
-            # the ring in chronological order (oldest first), then the new inputs
-            order = ((position.unsqueeze(1) + offsets) % trunc).unsqueeze(-1).expand(-1, -1, self.embed_dim)
-            seq = torch.cat([ring.gather(1, order).transpose(1, 2), u], dim=2)  # (B, D, L_k + T)
-            y = convolve(seq, trunc)[..., trunc:]
-            # inputs leaving the ring advance h_lag; the last L_k inputs stay
-            state["lag_hidden"].copy_(self._advance(state["lag_hidden"], seq[..., :seq_len]))
+            # the ring's last `held` inputs in chronological order (oldest first), then the new ones
+            order = ((position.unsqueeze(1) + offsets[trunc - held:]) % trunc).unsqueeze(-1)
+            seq = torch.cat([ring.gather(1, order.expand(-1, -1, self.embed_dim)).transpose(1, 2), u],
+                            dim=2)  # (B, D, held + T)
+            y = convolve(seq, trunc)[..., held:]
+            # inputs leaving the window advance h_lag (the zeros before `seq` leave a zero h_lag zero)
+            leaving = max(held + seq_len - trunc, 0)
+            state["lag_hidden"].copy_(self._advance(state["lag_hidden"], seq[..., :leaving]))
+            # the last L_k inputs stay (zeros in front of them while fewer have been seen)
+            kept = F.pad(seq, (max(trunc - seq.size(-1), 0), 0))[..., -trunc:]
             new_order = ((position.unsqueeze(1) + seq_len + offsets) % trunc).unsqueeze(-1)
-            ring.scatter_(1, new_order.expand(-1, -1, self.embed_dim), seq[..., seq_len:].transpose(1, 2))
+            ring.scatter_(1, new_order.expand(-1, -1, self.embed_dim), kept.transpose(1, 2))
         state["hidden"].copy_(self._advance(state["hidden"], u))
         return y.type_as(x).permute(2, 0, 1) + x * self.omega, state
 

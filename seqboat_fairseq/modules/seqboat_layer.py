@@ -66,7 +66,7 @@ def run_ema(ema: MultiHeadEMA, h: Tensor, padding_mask: Optional[Tensor], state:
     if h.size(0) == 1:
         return ema.step(h[0], state["ema"], state["position"],
                         None if padding_mask is None else padding_mask[:, 0])[0].unsqueeze(0)
-    return ema.forward_chunk(h, state["ema"], state["position"], padding_mask)[0]
+    return ema.forward_chunk(h, state["ema"], state["position"], padding_mask, consumed=state["length"])[0]
 
 
 def run_gau(gau: GatedAttentionUnit, s: Tensor, active: Tensor, state: Optional[DecodingState]) -> Tensor:
