@@ -37,8 +37,9 @@ _AUTOCAST_DEVICES = ("cpu", "cuda")
 
 @dataclass
 class CheckpointActivationsConfig(FairseqDataclass):
-    """The training-memory options, as fairseq's transformer models have them (not architecture:
-    no preset sets them); the base of both model configs (``SeqBoatLMConfig``, ``SeqBoatLRAConfig``)."""
+    """The training-memory options: fairseq's own (as its transformer models have them) and
+    ``--recompute-gau``; not architecture (no preset sets them). The base of both model configs
+    (``SeqBoatLMConfig``, ``SeqBoatLRAConfig``)."""
 
     checkpoint_activations: bool = field(
         default=False, metadata={"help": "checkpoint activations at each layer: keep only each layer's input and "

@@ -89,8 +89,9 @@ def layer_kwargs(cfg, names: LayerFields, *, bidirectional: bool) -> Dict[str, A
 
 
 def build_layers(cfg, names: LayerFields, *, bidirectional: bool) -> nn.ModuleList:
-    """The model's stack of SeqBoat (or baseline) layers, bottom first, each checkpointed when
-    the config asks for it (``--checkpoint-activations`` / ``--offload-activations``)."""
+    """The model's stack of SeqBoat (or baseline) layers, bottom first, each checkpointed or its
+    GAU recomputing when the config asks for it (``--checkpoint-activations`` /
+    ``--offload-activations`` / ``--recompute-gau``)."""
     kwargs = layer_kwargs(cfg, names, bidirectional=bidirectional)
     layer_type = getattr(cfg, "layer_type", None)  # None: a config saved before the option existed
     layers = nn.ModuleList([build_layer(layer_type, i, **kwargs) for i in range(getattr(cfg, names.layers))])

@@ -46,7 +46,7 @@ class SeqBoatLMConfig(CheckpointActivationsConfig):
     uses one; pass ``--decoder-ffn-embed-dim`` > 0 to add it). Architecture fields are ``None``
     until a preset or their base default fills them (see ``presets.py``: this is what makes
     presets work under ``fairseq-hydra-train``). ``--checkpoint-activations`` /
-    ``--offload-activations`` come from :class:`CheckpointActivationsConfig`."""
+    ``--offload-activations`` / ``--recompute-gau`` come from :class:`CheckpointActivationsConfig`."""
 
     decoder_layers: Optional[int] = preset_field(6, "number of SeqBoat layers")
     decoder_embed_dim: Optional[int] = preset_field(512, "model dimension D")

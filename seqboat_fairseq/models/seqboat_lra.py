@@ -33,8 +33,8 @@ class SeqBoatLRAConfig(CheckpointActivationsConfig):
     built (every recipe passes ``--encoder-ffn-embed-dim -1``); the presets below carry the
     paper's per-task values. Architecture fields are ``None`` until a preset or their base
     default fills them (see ``presets.py``: this is what makes presets work under
-    ``fairseq-hydra-train``). ``--checkpoint-activations`` / ``--offload-activations`` come from
-    :class:`CheckpointActivationsConfig`."""
+    ``fairseq-hydra-train``). ``--checkpoint-activations`` / ``--offload-activations`` /
+    ``--recompute-gau`` come from :class:`CheckpointActivationsConfig`."""
 
     # the LRA tasks' options, mirrored; null under any other task (build_model then says which to use)
     input_type: Optional[ChoiceEnum(["text", "image"])] = "${oc.select:task.input_type,null}"

@@ -100,9 +100,11 @@ class MultiHeadEMA(nn.Module):
     def kernel(self, length: int) -> Tensor:
         """EMA kernel ``K[d, l] = sum_n kappa gamma p beta phi^l``, shape ``(D', length)``, fp32.
 
-        phi^l is factored as phi^(a B) * phi^b with l = a B + b and B ~ sqrt(length), so the sum
-        over n is one batched matmul of two (D', N, ~sqrt(length)) power tables: no (D', N, L)
-        tensor is ever built (it dominated the layer's time and activation memory).
+        The model never builds it (``forward`` and ``forward_chunk`` use ``chunked_ema_conv``); it
+        is the explicit kernel for analyses and for the FFT reference of the tests and
+        ``bench/ema_conv.py``. phi^l is factored as phi^(a B) * phi^b with l = a B + b and
+        B ~ sqrt(length), so the sum over n is one batched matmul of two (D', N, ~sqrt(length))
+        power tables: no (D', N, L) tensor is built.
         """
         coef, log_phi = self.kernel_terms()
         log_phi = log_phi.unsqueeze(-1)  # (D', N, 1)

@@ -17,6 +17,8 @@ few-row route of ``linear.Linear`` still applies. With it, the ``nn.Linear`` mod
 parameters only: their forward hooks do not run.
 """
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,14 +38,14 @@ def gated_linear(a: Tensor, b: Tensor, linear: nn.Linear) -> Tensor:
     return _GatedLinear.apply(a, b, linear.weight, linear.bias)
 
 
-def _linear_grads(ctx, grad_out: Tensor, inp: Tensor, weight: Tensor, bias):
-    """Gradients of ``F.linear(inp, weight, bias)`` for ``grad_out``, all in ``grad_out``'s dtype;
-    returns (grad_inp, grad_weight, grad_bias), None where not needed (ctx indices 0, -2, -1)."""
-    grad_inp = grad_out @ weight if ctx.needs_input_grad[0] else None
+def _parameter_grads(ctx, grad_out: Tensor, inp: Optional[Tensor], bias):
+    """The weight and bias gradients of ``F.linear(inp, weight, bias)`` for ``grad_out``, in its
+    dtype; None where not needed (the Functions' last two inputs are the weight and the bias;
+    ``inp`` is read only for the weight's)."""
     flat_grad = grad_out.reshape(-1, grad_out.size(-1))
     grad_weight = flat_grad.t() @ inp.reshape(-1, inp.size(-1)) if ctx.needs_input_grad[-2] else None
     grad_bias = flat_grad.sum(0) if bias is not None and ctx.needs_input_grad[-1] else None
-    return grad_inp, grad_weight, grad_bias
+    return grad_weight, grad_bias
 
 
 def _cast(t, dtype):
@@ -67,7 +69,8 @@ class _SiLULinear(torch.autograd.Function):
             u = F.linear(xc, wc, bc)  # the recomputation
             grad_u = torch.ops.aten.silu_backward(grad.to(dtype), u)
             del u  # the backward pass's own peak: one wide temporary at a time
-            grad_x, grad_w, grad_b = _linear_grads(ctx, grad_u, xc, wc, bc)
+            grad_x = grad_u @ wc if ctx.needs_input_grad[0] else None
+            grad_w, grad_b = _parameter_grads(ctx, grad_u, xc, bc)
         return _cast(grad_x, x.dtype), _cast(grad_w, weight.dtype), _cast(grad_b, None if bias is None else bias.dtype)
 
 
@@ -86,14 +89,10 @@ class _GatedLinear(torch.autograd.Function):
         dtype = ctx.compute_dtype
         with torch.autocast(a.device.type, enabled=False):
             grad = grad.to(dtype)
-            flat_grad = grad.reshape(-1, grad.size(-1))
-            grad_w = grad_bias = None
-            if ctx.needs_input_grad[2]:
-                product = (a * b).to(dtype)  # the recomputation, freed before the wide gradients exist
-                grad_w = flat_grad.t() @ product.reshape(-1, product.size(-1))
-                del product
-            if bias is not None and ctx.needs_input_grad[3]:
-                grad_bias = flat_grad.sum(0)
+            # the recomputation, freed before the wide gradients exist
+            product = (a * b).to(dtype) if ctx.needs_input_grad[2] else None
+            grad_w, grad_bias = _parameter_grads(ctx, grad, product, bias)
+            del product
             grad_a = grad_b = None
             if any(ctx.needs_input_grad[:2]):
                 grad_product = (grad @ weight.to(dtype)).to(ctx.product_dtype)
