@@ -147,6 +147,35 @@ def test_every_line_is_its_pieces_then_eos_and_decodes_to_the_original(data_bin,
     assert any(p.startswith("<0x") for p in sp.encode("5 € 😀", out_type=str))
 
 
+def build_fairseq_bpe(data):
+    """The object ``--bpe sentencepiece --sentencepiece-model DATA/spm.model`` builds (the plugin loaded)."""
+    from argparse import Namespace
+
+    import seqboat_fairseq  # noqa: F401
+    from fairseq.data import encoders
+
+    return encoders.build_bpe(Namespace(bpe="sentencepiece", sentencepiece_model=str(data / "spm.model")))
+
+
+def test_stock_bpe_flag_decodes_byte_pieces_to_text(data_bin, corpus):
+    """``--bpe sentencepiece`` decodes what it encodes, byte-fallback characters and runs of spaces
+    included; fairseq's own decode of the same string shows byte pieces (what the flag printed)."""
+    from fairseq.data.encoders.sentencepiece_bpe import SentencepieceBPE
+
+    bpe = build_fairseq_bpe(data_bin)
+    lines = corpus["test"].read_text(encoding="utf-8").split("\n") + ["Größe ✓ 😀"]
+    with_bytes = 0
+    for line in lines:
+        encoded = bpe.encode(line)
+        assert bpe.decode(encoded) == line, encoded
+        if "<0x" in encoded:
+            with_bytes += 1
+            assert "<0x" in SentencepieceBPE.decode(bpe, encoded)  # fairseq's decode: byte pieces as they are
+    assert with_bytes >= 2
+    # </s> (kept by --task multiline_language_modeling) is the line break; a non-piece stays as it is
+    assert bpe.decode(bpe.encode("price: 5 €") + " </s> " + bpe.encode("  two") + " <pad>") == "price: 5 €\n  two<pad>"
+
+
 def test_binary_equals_fairseqs_text_path(data_bin, corpus):
     """What fairseq-preprocess --srcdict dict.txt makes of the spm-encoded text: Dictionary.encode_line
     of the space-joined pieces (lines whose pieces hold white space, e.g. a tab, excepted: fairseq's
@@ -482,6 +511,7 @@ def test_bits_per_byte_of_a_partial_evaluation_is_refused(trained):
     assert "bits_per_byte: error: eval-lm evaluated" in result.stderr
 
 
+BYTE_PROMPT = "Größe ✓ of the"  # ö, ß and ✓ are outside the pydoc model's pieces: byte fallback
 INTERACTIVE = ["--user-dir", PLUGIN_DIR, "--bpe", "sentencepiece", "--beam", "1", "--sampling",
                "--sampling-topk", "10", "--seed", "3", "--cpu"]
 
@@ -490,13 +520,15 @@ INTERACTIVE = ["--user-dir", PLUGIN_DIR, "--bpe", "sentencepiece", "--beam", "1"
 def test_interactive_generates_text_with_fairseqs_sentencepiece_bpe(trained):
     data = trained["data"]
     common = [data, *INTERACTIVE, "--path", trained["checkpoint"], "--sentencepiece-model", data / "spm.model"]
-    prompts = ["The return statement", "A class"]
+    prompts = ["The return statement", "A class", BYTE_PROMPT]
     out = run_module("fairseq_cli.interactive", *common, "--task", "language_modeling", "--min-len", "12",
                      "--max-len-b", "20", stdin="".join(p + "\n" for p in prompts)).stdout
     hyps = re.findall(r"^D-(\d+)\t(\S+)\t(.*)$", out, flags=re.M)
-    assert [int(h[0]) for h in hyps] == [0, 1], out[-2000:]
+    assert [int(h[0]) for h in hyps] == [0, 1, 2], out[-2000:]
     for (_, score, text), prompt in zip(hyps, prompts):
         assert text.startswith(prompt) and len(text) > len(prompt) + 5 and float(score) < 0, text
+        assert "<0x" not in text, text  # byte-fallback pieces are decoded to UTF-8 text
+    assert "<0x" in re.search(r"^H-2\t\S+\t(.*)$", out, flags=re.M).group(1)  # the prompt has byte pieces
     # --task multiline_language_modeling continues across line ends (</s>) to exactly --max-len-b tokens
     out = run_module("fairseq_cli.interactive", *common, "--task", "multiline_language_modeling",
                      "--max-len-b", "30", stdin="The return statement\n").stdout
@@ -528,3 +560,12 @@ def test_hub_generates_and_scores_text(trained):
     sample = out.stdout.split("hub sample:\n", 1)[1].split("\n\nhub score:", 1)[0]
     assert sample.startswith("A class") and len(sample) > len("A class") + 5, out.stdout
     assert re.search(r"hub score:  'A class' costs [\d.]+ bits in 2 tokens \([\d.]+ bits per byte", out.stdout)
+    # without --multiline (language_modeling, fairseq's own sample()): the text, not byte pieces
+    out = subprocess.run([sys.executable, HUB_EXAMPLE, "--checkpoint-dir", str(trained["save"]),
+                          "--checkpoint-file", "checkpoint_last.pt", "--data", str(data), "--prompt", BYTE_PROMPT,
+                          "--max-len", "20"], capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    sample = out.stdout.split("hub sample:\n", 1)[1].split("\n\nhub score:", 1)[0]
+    assert sample.startswith(BYTE_PROMPT) and "<0x" not in sample, out.stdout
+    assert "<0x" in lm.bpe.encode(BYTE_PROMPT)

@@ -2,13 +2,13 @@
 
     python examples/sentencepiece/hub_generate.py --checkpoint-dir CKPT --data DATA_BIN --prompt "The "
 
-The model is loaded with fairseq's own ``bpe="sentencepiece"`` and the data-bin's ``spm.model``
-(``data_prep/sentencepiece_lm.py`` puts it there). Every line of the corpus is one sentence, its
-line break ``</s>``: under ``language_modeling`` (the default) fairseq ends the text at the first
-``</s>``. ``--multiline`` loads the model under ``multiline_language_modeling``, which generates
-across line ends to ``--max-len`` tokens (prompt included); the text is then decoded by
-sentencepiece itself, each ``</s>`` becoming a newline (fairseq's sentencepiece decoder would
-print ``</s>`` and byte-fallback pieces such as ``<0xC3>`` as they are).
+The model is loaded with ``bpe="sentencepiece"`` and the data-bin's ``spm.model``
+(``data_prep/sentencepiece_lm.py`` puts it there); the plugin's sentencepiece decoder
+(``seqboat_fairseq/encoders/sentencepiece_text.py``) turns byte-fallback pieces such as ``<0xC3>``
+back into text. Every line of the corpus is one sentence, its line break ``</s>``: under
+``language_modeling`` (the default) fairseq ends the text at the first ``</s>``. ``--multiline``
+loads the model under ``multiline_language_modeling``, which generates across line ends to
+``--max-len`` tokens (prompt included), each ``</s>`` decoded as a newline.
 """
 
 import math
@@ -21,19 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # examples/
 from hub_options import hub_parser  # noqa: E402
 from seqboat_fairseq.models.seqboat_lm import SeqBoatLanguageModel  # noqa: E402  (works without install)
-
-
-def decode_lines(dictionary, processor, tokens):
-    """The text of fairseq ids ``tokens``: sentencepiece decodes each line, ``</s>`` joins them with newlines."""
-    lines, current = [], []
-    for index in tokens.tolist():
-        if index == dictionary.eos():
-            lines.append(current)
-            current = []
-        elif index not in (dictionary.pad(), dictionary.bos()):
-            current.append(dictionary[index])
-    lines.append(current)
-    return "\n".join(processor.decode_pieces(pieces) for pieces in lines)
 
 
 def main():
@@ -50,11 +37,8 @@ def main():
     torch.manual_seed(args.seed)
     options = dict(beam=1, sampling=True, sampling_topk=args.topk, max_len_b=args.max_len)
     if args.multiline:
-        import sentencepiece
-
-        processor = sentencepiece.SentencePieceProcessor(model_file=spm_model)
         hypo = lm.generate([lm.encode(args.prompt)[:-1]], **options)[0][0]  # the prompt without its </s>
-        text = decode_lines(lm.task.target_dictionary, processor, hypo["tokens"])
+        text = lm.decode(hypo["tokens"])  # the dictionary keeps </s>, the decoder makes it a newline
     else:
         text = lm.sample(args.prompt, **options)
     print(f"hub sample:\n{text}\n")
