@@ -53,7 +53,7 @@ def reduced(logging_outputs):
 
     with metrics.aggregate(new_root=True) as agg:
         LRACrossEntropyCriterion.reduce_metrics(logging_outputs)
-    return {name: meter.avg for name, meter in agg.items()}
+    return {name: getattr(meter, "avg", getattr(meter, "sum", None)) for name, meter in agg.items()}
 
 
 # logits with clear argmaxes: rows 0, 2 and 4 are predicted right, rows 1 and 3 wrong
@@ -61,8 +61,10 @@ LOGITS = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.3, 1.7], [-0.5, 3.0, 0.0], [1.2
 TARGET = torch.tensor([0, 1, 1, 2, 2])
 
 
-@pytest.mark.parametrize("sentence_avg", [True, False], ids=["per-sentence", "per-token"])
+@pytest.mark.parametrize("sentence_avg", [True, False], ids=["sentence-avg", "no-sentence-avg"])
 def test_loss_in_bits_and_accuracy_match_a_hand_computation(sentence_avg):
+    """Per example with or without ``--sentence-avg``: the inputs' token counts (37, 80) never
+    divide the loss (a classification loss, as fairseq's sentence_prediction)."""
     criterion = LRACrossEntropyCriterion(NO_TASK, sentence_avg=sentence_avg)
     halves = [(slice(0, 2), 37), (slice(2, 5), 80)]  # two workers: (rows, ntokens)
     outputs = []
@@ -71,15 +73,15 @@ def test_loss_in_bits_and_accuracy_match_a_hand_computation(sentence_avg):
         nats = nll_by_hand(LOGITS[rows], TARGET[rows])
         assert loss.item() == pytest.approx(nats, abs=1e-5)  # summed NLL in nats: what is optimised
         assert log["loss"].item() == pytest.approx(nats, abs=1e-5)
-        assert sample_size == log["sample_size"] == (len(TARGET[rows]) if sentence_avg else ntokens)
+        assert sample_size == log["sample_size"] == len(TARGET[rows])
         assert log["nsentences"] == len(TARGET[rows]) and log["ntokens"] == ntokens
         outputs.append(log)
     assert [int(log["ncorrect"]) for log in outputs] == [1, 2]
 
     stats = reduced(outputs)
     total_nats = nll_by_hand(LOGITS, TARGET)
-    denominator = 5 if sentence_avg else 37 + 80
-    assert stats["loss"] == pytest.approx(total_nats / denominator / math.log(2), abs=1e-6)  # bits
+    assert stats["loss"] == pytest.approx(total_nats / 5 / math.log(2), abs=1e-6)  # bits per example
+    assert stats["examples"] == 5  # the number scored, summed over the workers
     assert stats["accuracy"] == pytest.approx(100.0 * 3 / 5)
     assert not any(name.startswith("act_") for name in stats), "no activations, no rates"
 

@@ -1,5 +1,7 @@
 """``--criterion seqboat_cross_entropy``: fairseq's ``cross_entropy`` plus the per-layer
-activation rates of SeqBoat models (``act_rate``, ``act_rate_l{i}``).
+activation rates of SeqBoat models (``act_rate``, ``act_rate_l{i}``) and ``tokens``, the number
+of target tokens scored (a sum over batches and workers: a validation pass prints the number of
+tokens of the split it scored).
 
 The loss, its reduction and every logged value of ``cross_entropy`` are unchanged; the
 activation counts travel in ``logging_output`` and are summed over workers and accumulation
@@ -8,6 +10,7 @@ steps before they become rates (``models/activation_stats.py``).
 
 from fairseq.criterions import register_criterion
 from fairseq.criterions.cross_entropy import CrossEntropyCriterion, CrossEntropyCriterionConfig
+from fairseq.logging import metrics
 
 from ..models.activation_stats import activation_counts, log_activation_rates
 
@@ -32,4 +35,5 @@ class SeqBoatCrossEntropyCriterion(CrossEntropyCriterion):
     @staticmethod
     def reduce_metrics(logging_outputs) -> None:
         CrossEntropyCriterion.reduce_metrics(logging_outputs)
+        metrics.log_scalar_sum("tokens", sum(log.get("ntokens", 0) for log in logging_outputs), priority=900, round=0)
         log_activation_rates(logging_outputs)
