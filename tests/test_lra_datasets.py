@@ -1,7 +1,7 @@
 """The datasets of ``--task lra-text`` / ``lra-image`` (fairseq's blocks, composed as its
 ``sentence_prediction`` task composes them): batch layout, padding side, ``<CLS>`` and truncation,
 the per-epoch order, and ``ntokens`` of the two Retrieval documents (which the criterion logs as
-``wpb`` and divides by without ``--sentence-avg``)."""
+``wpb``; its loss is per example either way)."""
 
 import os
 
@@ -118,7 +118,7 @@ class FixedOutput(nn.Module):
         return self.logits, {}
 
 
-@pytest.mark.parametrize("sentence_avg", [True, False], ids=["per-sentence", "per-token"])
+@pytest.mark.parametrize("sentence_avg", [True, False], ids=["sentence-avg", "no-sentence-avg"])
 def test_retrieval_ntokens_counts_both_documents(text_data, sentence_avg):
     task = text_task(text_data["two"], max_positions=6)
     task.load_dataset("valid")
@@ -140,7 +140,7 @@ def test_retrieval_ntokens_counts_both_documents(text_data, sentence_avg):
     criterion = LRACrossEntropyCriterion(task, sentence_avg=sentence_avg)
     _, sample_size, log = criterion(FixedOutput(torch.zeros(3, 2)), first)
     assert log["ntokens"] == sum(lengths0[:3]) + sum(lengths1[:3])  # what fairseq logs as wpb
-    assert sample_size == log["sample_size"] == (3 if sentence_avg else log["ntokens"])
+    assert sample_size == log["sample_size"] == 3  # examples, never tokens
 
 
 def test_image_batches_are_normalised_float32_rows_stacked(tmp_path):
