@@ -16,8 +16,10 @@ in ``testing_list.txt``, train = every other ``.wav`` of the ten word folders (t
 official split).  Within a split: class by class, file names sorted.  A list entry of the ten words
 that names a missing file, or a clip named in both lists, is an error.
 
-Clips: read with the standard library's ``wave`` module (no torchaudio).  A clip must be mono,
-16-bit PCM, 16,000 Hz and complete (as many samples as its header announces).  Clips shorter than
+Clips: every file of a word folder whose name ends in ``.wav`` in any case (``X.WAV`` too), read
+by a RIFF reader here (no torchaudio): the header's format is PCM, either format tag 1 or
+``WAVE_FORMAT_EXTENSIBLE`` with the PCM sub-format (what sox and many recorders write).  A clip must
+be mono, 16-bit, 16,000 Hz and complete (as many samples as its header announces).  Clips shorter than
 1 s are zero-padded at the end to 16,000 samples (as upstream's all-classes pipeline pads them);
 clips longer than 16,000 samples are refused (the release has none; cutting one would silently drop
 speech).  The summary says how many clips of each split were padded.
@@ -52,8 +54,8 @@ Errors are reported on stderr as one line starting with ``speech_commands.py: er
 import argparse
 import json
 import os
+import struct
 import sys
-import wave
 
 import numpy as np
 from tqdm import tqdm
@@ -103,7 +105,7 @@ def read_list(path, root):
             if not entry:
                 continue
             word, _, name = entry.partition("/")
-            if not name or "/" in name or not name.endswith(".wav"):
+            if not name or "/" in name or not name.lower().endswith(".wav"):
                 raise PrepError(f"{where}: {entry!r}; expected one <word>/<file>.wav per line")
             if word not in CLASSES:
                 continue
@@ -126,7 +128,7 @@ def plan_splits(root):
     for label, word in enumerate(CLASSES):
         folder = os.path.join(root, word)
         _require_dir(folder, f"the word folder {word}/ of {RELEASE}")
-        names = sorted(n for n in os.listdir(folder) if n.endswith(".wav"))
+        names = sorted(n for n in os.listdir(folder) if n.lower().endswith(".wav"))
         if not names:
             raise PrepError(f"{folder}: no .wav files (expected the clips of the word {word!r})")
         for name in names:
@@ -140,36 +142,90 @@ def plan_splits(root):
     return splits
 
 
+WAVE_FORMAT_PCM = 0x0001
+WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+# KSDATAFORMAT_SUBTYPE_PCM: the sub-format GUID of integer PCM (bytes as stored in the file)
+PCM_SUBFORMAT = bytes.fromhex("0100000000001000800000aa00389b71")
+
+
+def _not_pcm(path, reason):
+    return PrepError(f"{path}: not a 16-bit PCM WAV file ({reason})")
+
+
+def read_wav(path):
+    """``(channels, bits per sample, sample rate, frames announced, data bytes)`` of a PCM WAV file.
+
+    Accepts the format tag WAVE_FORMAT_PCM (1) and WAVE_FORMAT_EXTENSIBLE (0xFFFE) with the PCM
+    sub-format (what sox and many recorders write; Python's ``wave`` reads it only from 3.12).
+    Chunks other than ``fmt `` and ``data`` (LIST, fact, ...) are skipped; the data chunk is read
+    up to the end of the file (the caller compares it with the frames announced)."""
+    with open(path, "rb") as f:
+        riff = f.read(12)
+        if len(riff) < 12:
+            raise EOFError
+        if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+            raise _not_pcm(path, "no RIFF/WAVE header")
+        fmt = None
+        while True:
+            header = f.read(8)
+            if len(header) < 8:
+                raise EOFError  # no data chunk
+            chunk_id, size = header[:4], int.from_bytes(header[4:], "little")
+            if chunk_id == b"fmt ":
+                body = f.read(size)
+                if len(body) < size:
+                    raise EOFError
+                if size < 16:
+                    raise _not_pcm(path, f"a fmt chunk of {size} bytes")
+                tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", body)
+                if tag == WAVE_FORMAT_EXTENSIBLE:
+                    if size < 40:
+                        raise _not_pcm(path, f"a WAVE_FORMAT_EXTENSIBLE fmt chunk of {size} bytes; expected 40")
+                    if body[24:40] != PCM_SUBFORMAT:
+                        sub = int.from_bytes(body[24:26], "little")
+                        raise _not_pcm(path, f"WAVE_FORMAT_EXTENSIBLE with sub-format {sub}, not PCM")
+                elif tag != WAVE_FORMAT_PCM:
+                    raise _not_pcm(path, f"unknown format: {tag}")
+                if channels == 0 or bits == 0:
+                    raise _not_pcm(path, f"{channels} channels of {bits}-bit samples")
+                fmt = (channels, bits, rate)
+                f.seek(size & 1, os.SEEK_CUR)  # chunks are word-aligned
+            elif chunk_id == b"data":
+                if fmt is None:
+                    raise _not_pcm(path, "the data chunk comes before the fmt chunk")
+                channels, bits, rate = fmt
+                frames = size // (channels * ((bits + 7) // 8))
+                return channels, bits, rate, frames, f.read(size)
+            else:
+                f.seek(size + (size & 1), os.SEEK_CUR)
+
+
 def read_clip(path):
     """The samples of a mono 16-bit PCM 16 kHz WAV file as int16, at most CLIP_SAMPLES of them."""
     try:
-        with wave.open(path, "rb") as w:
-            channels, width, rate, frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
-            if width != 2:
-                raise PrepError(f"{path}: {8 * width}-bit samples; expected 16-bit PCM")
-            if channels != 1:
-                raise PrepError(f"{path}: {channels} channels; expected mono")
-            if rate != SAMPLE_RATE:
-                raise PrepError(f"{path}: sample rate {rate:,} Hz; expected {SAMPLE_RATE:,} Hz "
-                                "(the release's; resampling is not done here)")
-            if frames > CLIP_SAMPLES:
-                raise PrepError(f"{path}: {frames:,} samples ({frames / SAMPLE_RATE:.2f} s); expected at most "
-                                f"{CLIP_SAMPLES:,} (1 s): longer clips are refused, not truncated")
-            data = w.readframes(frames)
+        channels, bits, rate, frames, data = read_wav(path)
     except FileNotFoundError:
         raise PrepError(f"{path}: no such file") from None
-    except EOFError:
+    except (EOFError, struct.error):
         raise PrepError(f"{path}: truncated WAV file (the header ends early)") from None
-    except wave.Error as exc:
-        raise PrepError(f"{path}: not a 16-bit PCM WAV file ({exc})") from None
     except OSError as exc:
         raise PrepError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if bits != 16:
+        raise PrepError(f"{path}: {bits}-bit samples; expected 16-bit PCM")
+    if channels != 1:
+        raise PrepError(f"{path}: {channels} channels; expected mono")
+    if rate != SAMPLE_RATE:
+        raise PrepError(f"{path}: sample rate {rate:,} Hz; expected {SAMPLE_RATE:,} Hz "
+                        "(the release's; resampling is not done here)")
+    if frames > CLIP_SAMPLES:
+        raise PrepError(f"{path}: {frames:,} samples ({frames / SAMPLE_RATE:.2f} s); expected at most "
+                        f"{CLIP_SAMPLES:,} (1 s): longer clips are refused, not truncated")
     if len(data) < 2 * frames:
         raise PrepError(f"{path}: truncated: the header announces {frames:,} samples, the file holds "
                         f"{len(data) // 2:,}")
     if frames == 0:
         raise PrepError(f"{path}: holds no samples; expected up to {CLIP_SAMPLES:,}")
-    return np.frombuffer(data, dtype="<i2")
+    return np.frombuffer(data[: 2 * frames], dtype="<i2")
 
 
 # --------------------------------------------------------------------------- writing

@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import re
+import struct
 import subprocess
 import sys
 import wave
@@ -32,6 +33,21 @@ def write_wav(path, samples, rate=16000, width=2, channels=1):
         w.setsampwidth(width)
         w.setframerate(rate)
         w.writeframes(np.ascontiguousarray(samples).tobytes())
+
+
+PCM_GUID = bytes.fromhex("0100000000001000800000aa00389b71")  # KSDATAFORMAT_SUBTYPE_PCM
+FLOAT_GUID = bytes.fromhex("0300000000001000800000aa00389b71")  # KSDATAFORMAT_SUBTYPE_IEEE_FLOAT
+
+
+def write_wav_extensible(path, samples, subformat=PCM_GUID):
+    """A mono 16 kHz 16-bit WAV with a WAVE_FORMAT_EXTENSIBLE (0xFFFE) header, as sox writes it,
+    and an odd-sized LIST chunk before the data (chunks are word-aligned: one pad byte)."""
+    data = np.ascontiguousarray(samples, dtype="<i2").tobytes()
+    fmt = struct.pack("<HHIIHHHHI", 0xFFFE, 1, 16000, 32000, 2, 16, 22, 16, 0x4) + subformat
+    info = b"INFOISFT\x05\x00\x00\x00sox\x00\x00"  # 17 bytes
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"LIST" + struct.pack("<I", len(info)) + info
+    body += b"\x00" + b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
 
 
 def make_release(root, per_class=4, seed=0, short_every=3):
@@ -132,6 +148,28 @@ def test_prep_is_deterministic_and_replaces_only_with_force(tmp_path, capsys):
     assert leftovers(tmp_path) == []
 
 
+def test_prep_reads_extensible_headers_and_upper_case_extensions(tmp_path, capsys):
+    """A WAVE_FORMAT_EXTENSIBLE PCM clip (a train and a valid one) and clips named ``X.WAV`` (a
+    train and a listed test one) give the same arrays as the plain files."""
+    release = tmp_path / "release"
+    expected = make_release(release)
+    clips = {entry: samples for split in expected.values() for entry, samples, _ in split}
+    for entry in ("yes/00000002_nohash_0.wav", "no/00000000_nohash_0.wav"):
+        write_wav_extensible(release / entry, clips[entry])
+        assert (release / entry).read_bytes()[20:22] == b"\xfe\xff"  # the format tag is 0xFFFE
+        assert np.array_equal(sc.read_clip(str(release / entry)), clips[entry])
+    for entry in ("go/00000003_nohash_1.wav", "up/00000001_nohash_1.wav"):
+        os.rename(release / entry, release / entry.replace(".wav", ".WAV"))
+    listed = (release / "testing_list.txt").read_text()
+    assert "up/00000001_nohash_1.wav" in listed
+    (release / "testing_list.txt").write_text(listed.replace("up/00000001_nohash_1.wav", "up/00000001_nohash_1.WAV"))
+    dest = tmp_path / "sc10"
+    assert sc.main(["--input-dir", str(release), "--destdir", str(dest)]) == 0, capsys.readouterr().err
+    for split in ("train", "valid", "test"):
+        waves = np.load(dest / "input" / f"{split}.npy", allow_pickle=False)
+        assert np.array_equal(waves, np.stack([padded(s) for _, s, _ in expected[split]])), split
+
+
 def _damage(tmp_path, capsys, mutate, *fragments):
     """Mutate a fresh release, run the prep: one error line with ``fragments``, nothing written."""
     release = tmp_path / "release"
@@ -149,8 +187,8 @@ def _damage(tmp_path, capsys, mutate, *fragments):
     return line
 
 
-@pytest.mark.parametrize("case", ["rate_8k", "stereo", "8_bit", "float", "truncated_data", "truncated_header",
-                                  "not_wav", "too_long", "empty_clip"])
+@pytest.mark.parametrize("case", ["rate_8k", "stereo", "8_bit", "float", "extensible_float", "truncated_data",
+                                  "truncated_header", "not_wav", "too_long", "empty_clip"])
 def test_prep_refuses_bad_clips_naming_the_file(tmp_path, capsys, case):
     def mutate(release):
         path = release / "left" / "00000002_nohash_0.wav"  # a train clip
@@ -165,6 +203,8 @@ def test_prep_refuses_bad_clips_naming_the_file(tmp_path, capsys, case):
             raw = bytearray(path.read_bytes())
             raw[20:22] = (3).to_bytes(2, "little")
             path.write_bytes(bytes(raw))
+        elif case == "extensible_float":
+            write_wav_extensible(path, rng.integers(-9, 9, 16000).astype("<i2"), subformat=FLOAT_GUID)
         elif case == "truncated_data":
             raw = path.read_bytes()
             path.write_bytes(raw[: 44 + 2 * 5000])
@@ -183,6 +223,7 @@ def test_prep_refuses_bad_clips_naming_the_file(tmp_path, capsys, case):
         "stereo": ("2 channels; expected mono",),
         "8_bit": ("8-bit samples; expected 16-bit PCM",),
         "float": ("not a 16-bit PCM WAV file (unknown format: 3)",),
+        "extensible_float": ("not a 16-bit PCM WAV file (WAVE_FORMAT_EXTENSIBLE with sub-format 3, not PCM)",),
         "truncated_data": ("truncated: the header announces", "the file holds 5,000"),
         "truncated_header": ("truncated WAV file",),
         "not_wav": ("not a 16-bit PCM WAV file",),

@@ -49,8 +49,10 @@ class MultiHeadEMA(nn.Module):
         ndim: N, the EMA expansion dimension.
         bidirectional: add a second (backward-in-time) kernel; rows D..2D-1 of the
             parameters belong to it. Incremental decoding is causal only.
-        truncation: kernel length cap L_k = min(truncation, L) in the parallel form
-            (None = full length). The recurrent form always has infinite memory.
+        truncation: kernel length cap L_k = min(truncation, L) (None = full length). The
+            recurrent form (``step``, ``forward_chunk``) decodes the same truncated kernel exactly:
+            it keeps the last L_k inputs and a second state L_k tokens behind (docs/design.md,
+            'MD-EMA state').
     """
 
     def __init__(self, embed_dim: int, ndim: int = 16, bidirectional: bool = False,
