@@ -180,6 +180,45 @@ def test_heatmap_inputs_are_the_denormalised_image_and_the_router_confidence(ima
         np.testing.assert_array_equal(item.active, expected > 0)
 
 
+def test_activation_time_plot_clips_error_bars_and_keeps_the_legend_clear(tmp_path):
+    """Layers near 0 % and 100 % with wide spreads (one std would reach -15 % and 112 %): the error
+    bars stop at 0 and 100 %, every value label lies inside the axes, and the legend's box
+    (measured by matplotlib's renderer) overlaps no label, no error bar and not the axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from seqboat_fairseq.analysis.plots import plot_activation_time
+
+    means, stds = [0.97, 0.05, 0.5, 0.93, 1.0, 0.88], [0.15, 0.2, 0.45, 0.1, 0.0, 0.12]
+    summary = {"layers": [{"mean": m, "std": s} for m, s in zip(means, stds)], "overall": {"mean": float(np.mean(means))}}
+    assert max(m + s for m, s in zip(means, stds)) > 1.0 and min(m - s for m, s in zip(means, stds)) < 0.0
+    fig = plot_activation_time(str(tmp_path / "activation_time.png"), summary, "a title")
+    assert png_size(tmp_path / "activation_time.png")[:2] == ("PNG", (670, 420))  # 0.7 in per layer + 2.5
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    (ax,) = fig.axes
+    from matplotlib.container import ErrorbarContainer
+
+    (errorbar,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    segments = errorbar.lines[2][0].get_segments()
+    ends = np.array([[seg[0][1], seg[1][1]] for seg in segments])
+    assert len(segments) == len(means) and ends.min() >= 0.0 and ends.max() <= 100.0
+    np.testing.assert_allclose(ends.max(1), np.minimum(np.add(means, stds), 1.0) * 100)
+    np.testing.assert_allclose(ends.min(1), np.maximum(np.subtract(means, stds), 0.0) * 100)
+    labels = [t for t in ax.texts if t.get_text()]
+    assert [t.get_text() for t in labels] == [f"{100 * m:.1f}" for m in means]
+    (legend,) = [ax.get_legend()] if ax.get_legend() else fig.legends
+    legend_box = legend.get_window_extent(renderer)
+    axes_box = ax.get_window_extent(renderer)
+    error_points = ax.transData.transform(np.concatenate(segments))  # pixels, as the renderer drew them
+    assert not legend_box.overlaps(axes_box)
+    assert not legend_box.count_contains(error_points) and axes_box.padded(1).count_contains(error_points) == len(error_points)
+    for text in labels:
+        box = text.get_window_extent(renderer)
+        assert not legend_box.overlaps(box), text.get_text()
+        assert axes_box.contains(box.x0, box.y0) and axes_box.contains(box.x1, box.y1), text.get_text()
+
+
 def test_heatmap_colour_scale_fits_the_active_tokens(tmp_path):
     """Active tokens' confidences in 0.5-0.6 (what trained routers give): the colour scale spans
     their 2nd-98th percentile, not 0-1, skipped tokens are masked (grey), and the colour bar says so."""

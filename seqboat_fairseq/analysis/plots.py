@@ -29,17 +29,30 @@ def _new_figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def plot_activation_time(path: str, summary: Dict, title: str) -> None:
+def error_bar_extents(means: np.ndarray, stds: np.ndarray) -> np.ndarray:
+    """``(2, layers)`` lower and upper lengths of the error bars (percent): one standard deviation
+    each way, cut at 0 % and 100 % (an activation time cannot leave [0, 100] %)."""
+    return np.stack([np.minimum(stds, means), np.minimum(stds, 100.0 - means)])
+
+
+def plot_activation_time(path: str, summary: Dict, title: str):
+    """Bars of the per-layer mean activation time (percent) with one-std error bars clipped to
+    [0, 100] % and the value above each bar; the mean over layers is a dashed line whose legend
+    sits outside the axes, below them, so it never covers a bar, an error bar or a label.
+    Saves the figure to ``path`` and returns it (for inspection)."""
     layers = summary["layers"]
     x = np.arange(len(layers))
     means = np.array([e["mean"] for e in layers]) * 100
     stds = np.array([e["std"] for e in layers]) * 100
+    yerr = error_bar_extents(means, stds)
     fig = _new_figure(max(6.0, 0.7 * len(layers) + 2.5), 4.2)
     ax = fig.add_subplot(1, 1, 1)
-    ax.bar(x, means, yerr=stds, capsize=4, color="#4C72B0", edgecolor="black", linewidth=0.6,
+    ax.bar(x, means, yerr=yerr, capsize=4, color="#4C72B0", edgecolor="black", linewidth=0.6,
            error_kw={"elinewidth": 1.0, "ecolor": "black"})
-    for xi, m, s in zip(x, means, stds):
-        ax.text(xi, min(m + s + 1.5, 103), f"{m:.1f}", ha="center", va="bottom", fontsize=8)
+    for xi, m, top in zip(x, means, means + yerr[1]):
+        # 2 points above the error bar's cap: the cap is at most 100 %, the axes run to 110 %
+        ax.annotate(f"{m:.1f}", (xi, top), xytext=(0, 2), textcoords="offset points", ha="center",
+                    va="bottom", fontsize=8)
     overall = summary["overall"]["mean"] * 100
     ax.axhline(overall, color="#C44E52", linestyle="--", linewidth=1, label=f"mean over layers {overall:.1f}%")
     ax.set_xticks(x)
@@ -48,11 +61,12 @@ def plot_activation_time(path: str, summary: Dict, title: str) -> None:
     ax.set_ylabel("activation time (% of tokens)")
     ax.set_ylim(0, 110)
     ax.set_yticks(range(0, 101, 20))
-    ax.legend(loc="upper right", fontsize=8, frameon=False)
+    fig.legend(loc="outside lower center", fontsize=8, frameon=False)  # constrained layout keeps it clear
     ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     fig.savefig(path)
+    return fig
 
 
 def image_side(length: int) -> Optional[int]:
