@@ -12,25 +12,42 @@ CKPT=$WORK/checkpoints
 UPDATES=${UPDATES:-600}
 mkdir -p "$WORK"
 
+# show LOG PATTERN COMMAND...: runs COMMAND with all its output in LOG and the lines matching
+# PATTERN on screen; if it fails, the end of LOG (its error) is shown and the demo stops.
+show() {
+  local log=$1 pattern=$2 status=0
+  shift 2
+  "$@" 2>&1 | tee "$log" | { grep --line-buffered -E "$pattern" || true; } || status=$?
+  if (( status != 0 )); then
+    echo "!! failed with exit status $status: $*" >&2
+    echo "!! the end of $log:" >&2
+    tail -n 15 "$log" >&2
+    exit "$status"
+  fi
+}
+
 echo "== 1/4 data: Python's pydoc text as an enwik8-style byte corpus"
 python data_prep/enwik8.py --pydoc-demo --max-bytes 400000 --destdir "$DATA" --force
 
 echo "== 2/4 train seqboat_lm_tiny for $UPDATES updates (RAdam + linear_decay, as the enwik8 recipe)"
-bash examples/train_tiny_lm.sh "$DATA" "$CKPT" "$UPDATES" --tokens-per-sample 512 \
-  --tensorboard-logdir "$WORK/tensorboard" 2>&1 | tee "$WORK/train.log" | grep -E "train_inner|valid on|done training"
+show "$WORK/train.log" "train_inner|valid on|done training" \
+  bash examples/train_tiny_lm.sh "$DATA" "$CKPT" "$UPDATES" --tokens-per-sample 512 \
+  --tensorboard-logdir "$WORK/tensorboard"
 
 echo "== 3/4 evaluate: bits per character on the test split (256 tokens of context per block)"
-fairseq-eval-lm "$DATA" --user-dir seqboat_fairseq --path "$CKPT/checkpoint_best.pt" --gen-subset test \
-  --tokens-per-sample 512 --context-window 256 --batch-size 8 --cpu 2>&1 | tee "$WORK/eval.log" \
-  | grep -E "Evaluated|Loss \(base 2\)"
+show "$WORK/eval.log" "Evaluated|Loss \(base 2\)" \
+  fairseq-eval-lm "$DATA" --user-dir seqboat_fairseq --path "$CKPT/checkpoint_best.pt" --gen-subset test \
+  --tokens-per-sample 512 --context-window 256 --batch-size 8 --cpu
 
 echo "== 4/4 generate: fairseq-interactive (top-k sampling, then beam search) and the hub"
-printf 'The return statement\nA class\n' | fairseq-interactive "$DATA" --user-dir seqboat_fairseq \
-  --task language_modeling --path "$CKPT/checkpoint_best.pt" --bpe enwik8_bytes \
-  --sampling --sampling-topk 5 --beam 1 --max-len-b 120 --seed 2 --cpu 2>/dev/null | grep -E "^D-"
-printf 'The return statement\n' | fairseq-interactive "$DATA" --user-dir seqboat_fairseq \
-  --task language_modeling --path "$CKPT/checkpoint_best.pt" --bpe enwik8_bytes \
-  --beam 4 --max-len-b 80 --cpu 2>/dev/null | grep -E "^D-"
+printf 'The return statement\nA class\n' > "$WORK/prompts.txt"
+show "$WORK/sample.log" "^D-" fairseq-interactive "$DATA" --user-dir seqboat_fairseq \
+  --task language_modeling --path "$CKPT/checkpoint_best.pt" --bpe enwik8_bytes --input "$WORK/prompts.txt" \
+  --sampling --sampling-topk 5 --beam 1 --max-len-b 120 --seed 2 --cpu
+head -n 1 "$WORK/prompts.txt" > "$WORK/prompt.txt"
+show "$WORK/beam.log" "^D-" fairseq-interactive "$DATA" --user-dir seqboat_fairseq \
+  --task language_modeling --path "$CKPT/checkpoint_best.pt" --bpe enwik8_bytes --input "$WORK/prompt.txt" \
+  --beam 4 --max-len-b 80 --cpu
 python examples/enwik8/hub_generate.py --checkpoint-dir "$CKPT" --data "$DATA" --prompt "Changed in version"
 
 echo

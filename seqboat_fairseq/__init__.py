@@ -11,6 +11,7 @@ require_fairseq()  # one clear ImportError when no fairseq with the 0.12 API is 
 from . import checkpoint_compat  # noqa: F401,E402  (must come first: torch.load allow-list)
 from . import criterions  # noqa: F401
 from . import encoders  # noqa: F401
+from . import eval_lm_flags  # noqa: F401  (fairseq-eval-lm's block flags, checked first)
 from . import generation  # noqa: F401  (--task multiline_language_modeling)
 from . import models  # noqa: F401
 from . import optim  # noqa: F401

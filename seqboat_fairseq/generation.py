@@ -154,6 +154,43 @@ class MultilineLanguageModelingTask(LanguageModelingTask):
             extra_gen_cls_kwargs=extra_gen_cls_kwargs, prefix_allowed_tokens_fn=prefix_allowed_tokens_fn)
 
 
+# --------------------------------------------------------------------------- prompt length
+def position_limit(models) -> Optional[int]:
+    """The smallest learned position limit (``decoder.position_limit``) of an ensemble, or None."""
+    limits = [getattr(getattr(m, "decoder", None), "position_limit", None) for m in models]
+    limits = [limit for limit in limits if limit is not None]
+    return min(limits) if limits else None
+
+
+def check_prompt_length(models, prefix_tokens: Optional[Tensor], pad: int) -> None:
+    """Refuses, before decoding, a prompt that a learned ``simple`` bias cannot hold: the model
+    reads the start symbol and every prompt token before it predicts the first new one (fairseq
+    would feed the prompt one token at a time and fail at the limit, counting the tokens fed so
+    far instead of the prompt's)."""
+    limit = position_limit(models)
+    if limit is None or prefix_tokens is None or not prefix_tokens.numel():
+        return
+    prompt = int(prefix_tokens.ne(pad).sum(1).max())
+    if prompt + 1 > limit:
+        raise ValueError(
+            f"a prompt of {prompt} tokens (plus the start symbol: {prompt + 1} positions) exceeds this model's "
+            f"limit of {limit} positions: its learned relative-position bias (--rel-pos-bias simple) covers "
+            f"offsets up to --max-target-positions {limit} - 1. Give a prompt of at most {limit - 1} tokens and "
+            f"prompt + --max-len-b of at most {limit}, or use a model trained with rotary positions "
+            "(--rel-pos-bias rotary) or --local-pos, which have no limit")
+
+
+_fairseq_generate = SequenceGenerator._generate
+
+
+def _generate_checked(self, sample, prefix_tokens=None, constraints=None, bos_token=None):
+    check_prompt_length(self.model.models, prefix_tokens, self.pad)
+    return _fairseq_generate(self, sample, prefix_tokens=prefix_tokens, constraints=constraints, bos_token=bos_token)
+
+
+SequenceGenerator._generate = _generate_checked  # fairseq-interactive, fairseq-generate and the hub
+
+
 def hub_task_override(kwargs: Dict) -> Dict:
     """For ``from_pretrained(..., task="NAME")``: fairseq's checkpoint overrides replace a config
     *group* only from a dict and silently ignore a plain string, so turn ``task="NAME"`` into

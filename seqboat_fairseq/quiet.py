@@ -15,6 +15,14 @@ Importing this module (``seqboat_fairseq/__init__.py`` does) installs :func:`ins
   ``DEBUG:hydra.core.utils:Setting JobRuntime...`` lines reach stderr; the ``hydra`` logger is set
   to INFO unless ``LOGLEVEL=DEBUG``.
 
+* **One line per refusal.** When a ``ValueError`` or ``OSError`` (file not found, permission
+  denied, ...) that the plugin's own code raised, or a :class:`~seqboat_fairseq.checkpoint_compat.
+  CheckpointError`, reaches the top of a command-line tool (or of a hub script) uncaught, only
+  ``error: <message>`` is printed to stderr and the process exits with status 1: every such message
+  names the flag or file and what was expected, so fairseq's ~27-line traceback adds nothing.
+  Every other exception (a bug, fairseq's own failures) keeps Python's traceback, and so does
+  everything with ``LOGLEVEL=DEBUG``. :func:`is_refusal` decides.
+
 For the hub (``SeqBoatLanguageModel.from_pretrained``), :func:`hub_loading` lowers, for the duration
 of the load only, the loggers that echo the 7 KB config dict (``fairseq.models.fairseq_model``) and
 the archive paths (``fairseq.file_utils``) to WARNING, and :func:`log_model_summary` logs one line
@@ -26,6 +34,7 @@ own conventions (their ``cfg`` line, ``num. model params``, ...).
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from typing import Iterable, Iterator, Optional, Sequence, Tuple
 
@@ -54,10 +63,60 @@ def silence_hydra_deprecations() -> None:
         warnings.filterwarnings("ignore", message=message, category=UserWarning)
 
 
+# --------------------------------------------------------------------------- one-line errors
+PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+# what the plugin raises for bad input (options, files, lengths); anything else is a bug
+REFUSAL_TYPES = (ValueError, OSError)
+
+
+def _raised_in_plugin(error: BaseException) -> bool:
+    """Whether the innermost frame of ``error``'s traceback (where it was raised) is plugin code."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(PLUGIN_DIR)
+
+
+def is_refusal(error: BaseException) -> bool:
+    """Whether ``error`` is a refusal written for the user (printed as one ``error:`` line): a
+    CheckpointError anywhere, or a ValueError / OSError raised by the plugin's own code."""
+    from .checkpoint_compat import CheckpointError
+
+    if isinstance(error, CheckpointError):
+        return True
+    return isinstance(error, REFUSAL_TYPES) and _raised_in_plugin(error)
+
+
+def refusal_line(error: BaseException) -> str:
+    """``error: <message>`` on one line."""
+    return "error: " + " ".join(str(error).split())
+
+
+def _one_line_excepthook(previous):
+    def hook(kind, error, traceback):
+        if os.environ.get("LOGLEVEL", "").upper() != "DEBUG" and is_refusal(error):
+            print(refusal_line(error), file=sys.stderr, flush=True)
+        else:
+            previous(kind, error, traceback)
+
+    hook._seqboat_one_line_errors = True
+    return hook
+
+
+def install_excepthook() -> None:
+    """Wraps ``sys.excepthook`` once (idempotent)."""
+    if not getattr(sys.excepthook, "_seqboat_one_line_errors", False):
+        sys.excepthook = _one_line_excepthook(sys.excepthook)
+
+
 def install() -> None:
-    """Runs at import: the Hydra deprecation filters, and the ``hydra`` logger at INFO (unless
-    ``LOGLEVEL=DEBUG`` or someone set its level already)."""
+    """Runs at import: the Hydra deprecation filters, the ``hydra`` logger at INFO (unless
+    ``LOGLEVEL=DEBUG`` or someone set its level already) and the one-line excepthook."""
     silence_hydra_deprecations()
+    install_excepthook()
     if os.environ.get("LOGLEVEL", "").upper() != "DEBUG":
         hydra = logging.getLogger("hydra")
         if hydra.level == logging.NOTSET:

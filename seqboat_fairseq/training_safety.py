@@ -31,6 +31,12 @@ The plugin is only a ``--user-dir``, so it acts where fairseq calls it. Two narr
    ``fairseq-generate`` and hub loading never call this function. The file names the holder's pid
    and host; a second run stops with an error naming the save dir and that pid. Where the file
    system has no locks, a warning is logged and training goes on.
+
+4. **A save dir it cannot write.** fairseq-train's first act (``verify_checkpoint_directory``)
+   creates ``--save-dir`` and a file in it; where that fails (read-only, permission denied, a
+   file in the way) fairseq logs a warning and re-raises the ``OSError`` with its traceback. The
+   wrapper raises one CheckpointError naming ``--save-dir`` and the reason instead, before
+   anything is trained.
 """
 
 import copy
@@ -229,3 +235,25 @@ def _guarded(load):
 
 
 checkpoint_utils.load_checkpoint = _guarded(checkpoint_utils.load_checkpoint)
+
+
+# --------------------------------------------------------------------------- 4. a writable save dir
+def _verified(verify):
+    @functools.wraps(verify)
+    def verify_checkpoint_directory(save_dir: str) -> None:
+        from .quiet import quiet_loggers
+
+        try:
+            with quiet_loggers([checkpoint_utils.__name__], logging.ERROR):  # its warning says less than ours
+                verify(save_dir)
+        except OSError as error:
+            raise CheckpointError(
+                f"--save-dir {save_dir}: cannot write checkpoints there ({error.strerror or error}); expected a "
+                "directory this user can create and write, or give another --save-dir") from None
+
+    verify_checkpoint_directory._seqboat_verified = True
+    return verify_checkpoint_directory
+
+
+if not getattr(checkpoint_utils.verify_checkpoint_directory, "_seqboat_verified", False):
+    checkpoint_utils.verify_checkpoint_directory = _verified(checkpoint_utils.verify_checkpoint_directory)

@@ -60,3 +60,29 @@ def test_models_on_the_wrong_kind_of_task(lm_dir, lra_dirs):
         build_lra(lra_dirs["text"], "lra-text", "--arch", "seqboat_lm_tiny")
     with pytest.raises(ValueError, match=r"--arch seqboat_lra_cifar10 is a preset for image input"):
         build_lra(lra_dirs["text"], "lra-text", "--arch", "seqboat_lra_cifar10")
+
+
+def test_hints_name_the_right_task_and_layer(lm_dir, lra_dirs):
+    """The speech preset names --task speech_commands; SPADE's window message speaks of SPADE."""
+    for build in (lambda: build_lra(lra_dirs["text"], "lra-text", "--arch", "seqboat_sc_raw"),
+                  lambda: build_lra(lra_dirs["image"], "lra-image", "--arch", "seqboat_sc_raw"),
+                  lambda: build_lm(lm_dir, "--arch", "seqboat_sc_raw")):
+        with pytest.raises(ValueError, match=r"--arch seqboat_sc_raw .*use it with --task speech_commands"):
+            build()
+    with pytest.raises(ValueError, match=r"--chunk-size 0: SPADE's window attention needs a window of w > 0") as info:
+        build_lra(lra_dirs["text"], "lra-text", "--arch", "spade_lra_listop", "--chunk-size", "0")
+    assert "SeqBoat-full" not in str(info.value)
+
+
+def test_class_count_is_checked_against_the_labels_when_the_model_is_built(tmp_path):
+    import numpy as np
+
+    data = tmp_path / "cifar"
+    for sub in ("input", "label"):
+        (data / sub).mkdir(parents=True)
+    np.save(data / "input" / "train.npy", np.zeros((10, 1024), dtype=np.uint8))
+    np.save(data / "label" / "train.npy", np.arange(10, dtype=np.int64))  # 10 classes
+    with pytest.raises(ValueError, match=r"--sentence-class-num 2 \(--arch seqboat_lra_pf32\) is fewer than the 10 "
+                                         r"classes of the data \(.*label/train.npy\)"):
+        build_lra(data, "lra-image", "--arch", "seqboat_lra_pf32", "--encoder-layers", "1")
+    build_lra(data, "lra-image", "--arch", "seqboat_lra_cifar10", "--encoder-layers", "1")  # 10 classes: fits

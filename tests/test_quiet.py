@@ -9,6 +9,8 @@ import subprocess
 import sys
 import warnings
 
+import pytest
+
 from conftest import REPO_ROOT, build_lm, write_byte_dictionary
 from test_analysis import save_checkpoint
 
@@ -76,3 +78,21 @@ def test_only_hydras_deprecation_warnings_are_silenced(tmp_path):
         warnings.warn("hydra.experimental.something_else() changed", UserWarning)
         warnings.warn("The version_base parameter is not a number", DeprecationWarning)
     assert len(log) == 2
+
+
+@pytest.mark.slow
+def test_demo_shows_a_failing_steps_error_and_scales_the_warmup(tmp_path):
+    """``UPDATES=60 bash examples/demo.sh``: the warm-up is a tenth of the updates (6), and when a
+    step fails its error reaches the screen (a stand-in fairseq-train that fails as fairseq's does)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "fairseq-train"
+    stub.write_text("#!/bin/sh\necho \"fairseq-train $*\"\n"
+                    "echo 'ValueError: --total-num-update must exceed --warmup-updates' >&2\nexit 3\n")
+    stub.chmod(0o755)
+    proc = subprocess.run(["bash", "examples/demo.sh"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, UPDATES="60", WORK=str(tmp_path / "demo"),
+                                   PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}"))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "ValueError: --total-num-update must exceed --warmup-updates" in proc.stderr
+    assert "--warmup-updates 6 " in proc.stderr and "--total-num-update 60 " in proc.stderr

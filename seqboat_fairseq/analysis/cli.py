@@ -36,6 +36,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_out_dir(out_dir: str) -> None:
+    """Refuses, before anything runs, an ``--out-dir`` that cannot be created or written (a file
+    in the way, a read-only file system, no permission). Writes nothing that stays: a temporary
+    file in the directory, or in its nearest existing parent when it does not exist yet."""
+    import tempfile
+
+    target = os.path.abspath(out_dir)
+    existing = target
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise AnalysisError(f"--out-dir {out_dir}: {existing} is not a directory; expected a directory to write "
+                            "the figures, JSON and CSV to")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        where = "" if existing == target else f" (its parent {existing})"
+        raise AnalysisError(f"--out-dir {out_dir}{where}: cannot write there ({e.strerror or e}); expected a "
+                            "directory this user can write the figures, JSON and CSV to") from None
+
+
+def check_block_length(loaded, asked: Optional[int]) -> None:
+    """Refuses LM blocks longer than a learned ``simple`` bias covers, before anything runs."""
+    limit = getattr(getattr(loaded.model, "decoder", None), "position_limit", None)
+    length = int(loaded.cfg.task.tokens_per_sample)
+    if limit is not None and length > limit:
+        flag = f"--tokens-per-sample {asked}" if asked is not None else \
+            f"the checkpoint's --tokens-per-sample {length} (give a smaller --tokens-per-sample)"
+        raise AnalysisError(f"{flag} exceeds this model's limit of {limit} positions: its learned relative-position "
+                            f"bias (--rel-pos-bias simple) covers offsets up to --max-target-positions {limit} - 1; "
+                            f"give --tokens-per-sample {limit} or less")
+
+
 def run(args) -> Dict:
     """Runs the analysis; returns the JSON summary (also written to ``--out-dir``)."""
     from .measure import analyse
@@ -44,13 +78,20 @@ def run(args) -> Dict:
     from .summary import format_table, summarise
 
     path, data = os.path.abspath(args.path), os.path.abspath(args.data)
+    check_out_dir(args.out_dir)
     overrides = {}
     if args.tokens_per_sample is not None:
         overrides["tokens_per_sample"] = args.tokens_per_sample
     loaded = load_seqboat_checkpoint(path, data, overrides)
     if loaded.kind != "lm" and args.tokens_per_sample is not None:
         logger.warning("--tokens-per-sample only applies to language models; ignored")
+    if loaded.kind == "lm":
+        check_block_length(loaded, args.tokens_per_sample)
     dataset = load_split(loaded.task, args.split)
+    if args.max_samples is not None and args.max_samples > len(dataset):
+        raise AnalysisError(f"--max-samples {args.max_samples}: split {args.split!r} of {data} holds only "
+                            f"{len(dataset):,} samples, and no rate is reported over fewer samples than asked for: "
+                            f"give --max-samples {len(dataset)} or less, or leave it out to analyse them all")
     task_name = loaded.cfg.task._name
     is_image = loaded.kind == "lra" and loaded.cfg.task.get("input_type", "text") == "image"
     heatmaps = DEFAULT_HEATMAPS if args.heatmaps is None else args.heatmaps
@@ -101,10 +142,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--batch-size must be positive")
     if args.heatmaps is not None and args.heatmaps < 0:
         parser.error("--heatmaps must be >= 0")
+    from ..quiet import is_refusal, refusal_line
+
     try:
         run(args)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:  # a refusal of the plugin's tasks or models: one line too
+        if not is_refusal(e):
+            raise
+        print(refusal_line(e), file=sys.stderr)
         return 1
     return 0
 

@@ -93,10 +93,15 @@ def load_seqboat_checkpoint(path: str, data: str, overrides: Optional[Dict] = No
 
 def load_split(task, split: str):
     """Loads ``split`` into ``task`` and returns the dataset."""
+    from ..models.layer_options import task_name
+
     try:
         task.load_dataset(split)
     except FileNotFoundError as e:
         raise AnalysisError(f"split {split!r} not found: {e}") from e
+    except ValueError as e:  # e.g. another task's data: the task's loader names the file and what it expected
+        raise AnalysisError(f"cannot load split {split!r} as the checkpoint's task (--task {task_name(task)}) "
+                            f"reads it: {e}") from e
     dataset = task.dataset(split)
     if len(dataset) == 0:
         raise AnalysisError(f"split {split!r} is empty")

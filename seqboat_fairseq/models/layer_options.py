@@ -88,11 +88,24 @@ def layer_kwargs(cfg, names: LayerFields, *, bidirectional: bool) -> Dict[str, A
     )
 
 
+def check_window(window: Optional[int], flag: str, layer_type: Optional[str]) -> None:
+    """Raises ``ValueError`` for a window ``flag`` (``--chunk-size`` / ``--decoder-chunk-size``)
+    of 0, in the words of the layer it sets: SeqBoat's working memory, SPADE's sliding window."""
+    if window != 0:
+        return
+    if layer_type == "spade":
+        raise ValueError(f"{flag} 0: SPADE's window attention needs a window of w > 0 tokens (on each side, "
+                         "or the w previous ones when causal), or -1 to attend to every token")
+    raise ValueError(f"{flag} 0: give the working-memory size w > 0, or -1 for SeqBoat-full "
+                     "(unbounded attention over the compressed sequence)")
+
+
 def build_layers(cfg, names: LayerFields, *, bidirectional: bool) -> nn.ModuleList:
     """The model's stack of SeqBoat (or baseline) layers, bottom first, each checkpointed or its
     GAU recomputing when the config asks for it (``--checkpoint-activations`` /
     ``--offload-activations`` / ``--recompute-gau``)."""
     kwargs = layer_kwargs(cfg, names, bidirectional=bidirectional)
     layer_type = getattr(cfg, "layer_type", None)  # None: a config saved before the option existed
+    check_window(kwargs["window"], "--" + names.chunk_size.replace("_", "-"), layer_type)
     layers = nn.ModuleList([build_layer(layer_type, i, **kwargs) for i in range(getattr(cfg, names.layers))])
     return checkpoint_layers(layers, cfg)

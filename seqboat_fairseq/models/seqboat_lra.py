@@ -25,6 +25,7 @@ from .baselines import (LAYER_TYPES, baseline_preset, check_baseline_options, ch
 from .checkpoint_activations import CheckpointActivationsConfig
 from .layer_options import LayerFields, build_layers, check_layer_options, task_name
 from .presets import apply_preset, fill_base_defaults, preset_field
+from .task_fit import SPEECH_PRESETS, check_class_count, check_speech_preset, preset_task
 
 
 @dataclass
@@ -289,17 +290,20 @@ def check_lra_options(cfg, task) -> None:
     arch = getattr(cfg, "_name", None) or getattr(cfg, "arch", None)
     task_input = getattr(getattr(task, "cfg", None), "input_type", None)
     if task_input is None or cfg.input_type is None:
-        raise ValueError(f"--arch {arch} is a Long Range Arena classifier: use it with --task lra-text or "
-                         f"--task lra-image, not --task {task_name(task)}")
+        uses = "--task speech_commands" if arch in SPEECH_PRESETS else "--task lra-text or --task lra-image"
+        raise ValueError(f"--arch {arch} is a Long Range Arena classifier: use it with {uses}, "
+                         f"not --task {task_name(task)}")
+    check_speech_preset(arch, task_name(task))
     expected = PRESET_INPUT_TYPES.get(arch)
     if expected is not None and expected != task_input:
         raise ValueError(f"--arch {arch} is a preset for {expected} input, but the task provides {task_input} "
-                         f"input: use --task lra-{expected} with this preset, or a {task_input} preset "
+                         f"input: use --task {preset_task(arch, expected)} with this preset, or a {task_input} preset "
                          f"({', '.join(a for a, t in PRESET_INPUT_TYPES.items() if t == task_input)})")
     if cfg.input_type == "image" and cfg.sen_rep_type != "mp":
         raise ValueError("--sen-rep-type cls needs text input (no <CLS> pixel); use mp for images")
     if cfg.activation_fn != "silu":
         raise ValueError(f"--activation-fn {cfg.activation_fn} is not supported; SeqBoat uses silu")
+    check_class_count(cfg.sentence_class_num, arch, task)
 
 
 # the input each task-specific preset was built for (checked against the task's)
