@@ -402,6 +402,62 @@ def test_lm_decoder_incremental_equals_full_forward(lm_dir, arch, extra):
     assert_matters(arch, model, lambda m: m(tokens)[0], atol, mutations)
 
 
+def test_mega_chunk_simple_bias_runs_past_max_target_positions(lm_dir):
+    """MEGA-chunk with the learned ``simple`` bias: a chunk of c consecutive tokens needs offsets up
+    to c - 1 only, so --max-target-positions 12 (a table of 23 offsets) runs 40 tokens. The output
+    equals that of a model whose table covers all 40 positions (the same entries for |offset| < 12,
+    random beyond: never read), and chunk-by-chunk decoding (c tokens per call) equals the full
+    forward. A SeqBoat router with chunked attention keeps the limit (its chunks of activated tokens
+    may span the sequence)."""
+    c, limit, length, atol = 4, 12, 40, 1e-4
+    common = ["--arch", "mega_chunk_lm_tiny", "--rel-pos-bias", "simple", "--decoder-chunk-size", str(c)]
+    model = strong_model_weights_(build_lm(lm_dir, *common, "--max-target-positions", str(limit),
+                                           "--tokens-per-sample", str(length))[0])
+    assert model.decoder.position_limit is None and length > limit
+    wide = build_lm(lm_dir, *common, "--max-target-positions", str(length), "--tokens-per-sample", str(length))[0]
+    with torch.no_grad():
+        for (name, param), ours in zip(wide.named_parameters(), model.parameters()):
+            if name.endswith("rel_pos.table"):
+                param.normal_(0.0, 5.0)  # entries the short table does not have: must not matter
+                param[length - limit: length + limit - 1] = ours  # centres: length - 1 and limit - 1
+            else:
+                param.copy_(ours)
+    wide.eval()
+    offsets = []
+    hook = RelativePositionalBias.forward
+
+    def recording(self, offset):
+        offsets.append(offset.abs().max().item())
+        return hook(self, offset)
+
+    RelativePositionalBias.forward = recording
+    spade = strong_model_weights_(build_lm(lm_dir, "--arch", "spade_lm_tiny", "--chunked-attention", *common[2:],
+                                           "--max-target-positions", str(limit), "--tokens-per-sample", str(length))[0])
+    assert spade.decoder.position_limit is None  # chunked SPADE: no router either
+    try:
+        tokens = torch.randint(4, 260, (2, length))
+        spade(tokens)
+        assert offsets and max(offsets) == c - 1
+        offsets.clear()
+        full, _ = model(tokens)
+    finally:
+        RelativePositionalBias.forward = hook
+    assert offsets and max(offsets) == c - 1  # the table is read at offsets inside a chunk only
+    assert_close("table of 12 vs 40 positions", full, wide(tokens)[0], atol=atol, rtol=RTOL)
+    incremental_state, steps = {}, []
+    for end in range(c, length + 1, c):
+        steps.append(model(tokens[:, :end], incremental_state=incremental_state)[0])
+    assert_close("chunk by chunk vs full forward", torch.cat(steps, dim=1), full, atol=atol, rtol=RTOL)
+    assert_matters("mega_chunk simple, 40 > 12 positions", model, lambda m: m(tokens)[0], atol, CHUNK_MUTATIONS)
+
+    router = build_lm(lm_dir, "--arch", "seqboat_lm_tiny", "--chunked-attention", *common[2:],
+                      "--max-target-positions", str(limit), "--tokens-per-sample", str(limit))[0]
+    assert router.decoder.position_limit == limit
+    with pytest.raises(ValueError, match=r"--decoder-chunk-size 16 exceeds --max-target-positions 12: the learned "
+                                         r"relative-position bias .* covers offsets up to 12 - 1"):
+        build_lm(lm_dir, *common[:-1], "16", "--max-target-positions", str(limit), "--tokens-per-sample", "40")
+
+
 def _report(name, seqboat, baseline):
     ratio = baseline / seqboat
     print(f"{name:28s} baseline {baseline:>12,d}  seqboat {seqboat:>12,d}  ratio {ratio:.5f}")

@@ -4,7 +4,13 @@ tools, tasks and criteria:
 
 * **MEGA-chunk** (``--always-act --chunked-attention``, presets ``mega_chunk_*``): SeqBoat layers
   with no router, every token runs MD-EMA and the GAU, attention inside fixed non-overlapping
-  chunks of c tokens (``--chunk-size`` / ``--decoder-chunk-size``);
+  chunks of c tokens (``--chunk-size`` / ``--decoder-chunk-size``). The GAU applies MEGA's reset
+  gate as MEGA does (``out_proj(O * r)``, r = SiLU of a projection of the MD-EMA output); MEGA's
+  update gate u and output mix ``x + u * (h - x)`` are SeqBoat's ``SiLU(hx + G + x)`` here, and
+  the values come from the MD-EMA output (MEGA's: from the un-smoothed input). ``--rel-pos-bias
+  rotary`` is RoPE on q and k here, not MEGA's learned rotary bias (``modules/positions.py``).
+  With the learned ``simple`` bias a chunk needs offsets up to c - 1 only, so the sequence
+  length is not limited (:func:`offsets_within_chunk`);
 * **SPADE** (``--layer-type spade``, presets ``spade_*``): :class:`~seqboat_fairseq.modules.spade_layer.SpadeLayer`
   layers, MD-EMA beside sliding-window attention in the bottom layer, sliding-window attention
   and an FFN in the layers above.
@@ -68,3 +74,15 @@ def check_baseline_options(*, chunked: Optional[bool], chunk_flag: str, chunk_si
     if chunked and (chunk_size is None or chunk_size <= 0):
         raise ValueError(f"--chunked-attention cuts the sequence into chunks of {chunk_flag} tokens: give a "
                          f"positive {chunk_flag}, not {chunk_size}")
+
+
+def offsets_within_chunk(*, chunked: Optional[bool], always_active: Optional[bool],
+                         layer_type: Optional[str]) -> bool:
+    """Whether every attention offset ``pos_key - pos_query`` is at most ``c - 1`` in magnitude
+    (c: the chunk size): chunked attention over *every* token, i.e. MEGA-chunk (``--always-act
+    --chunked-attention``) or chunked SPADE layers (no router). A chunk is then c consecutive
+    positions, so a learned ``simple`` bias of ``2M - 1`` offsets serves sequences of any length
+    once ``c <= M`` (MEGA sizes its table by the chunk for the same reason). With a router, a chunk
+    holds c *activated* tokens, which may lie anywhere in the sequence: offsets reach L - 1."""
+    return bool(chunked) and (bool(always_active) or layer_type == "spade")
+

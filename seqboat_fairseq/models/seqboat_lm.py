@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..modules.norms import NORM_TYPES, SequenceNorm
 from ..modules.seqboat_layer import LayerActivation, upgrade_upstream_layer_keys
 from .baselines import (LAYER_TYPES, baseline_preset, check_baseline_options, chunked_attention_field,
-                        layer_type_field)
+                        layer_type_field, offsets_within_chunk)
 from .checkpoint_activations import CheckpointActivationsConfig
 from .layer_options import LayerFields, build_layers, check_layer_options, task_name
 from .presets import apply_preset, fill_base_defaults, preset_field
@@ -261,8 +261,11 @@ def _preset(args, **values) -> None:
 
 def position_limit(args) -> Optional[int]:
     """The longest sequence the configuration supports, or None when nothing is learned per
-    absolute offset (rotary, ``--local-pos``)."""
-    if args.rel_pos_bias == "simple" and not args.local_pos:
+    absolute offset (rotary, ``--local-pos``) or every offset stays inside a chunk (MEGA-chunk:
+    ``baselines.offsets_within_chunk``; its table covers the chunk, :func:`check_lm_options`)."""
+    if args.rel_pos_bias == "simple" and not args.local_pos and not offsets_within_chunk(
+            chunked=getattr(args, "chunked_attention", False), always_active=getattr(args, "always_act", False),
+            layer_type=getattr(args, "layer_type", None)):
         return args.max_target_positions
     return None
 
@@ -281,11 +284,16 @@ def check_lm_options(args) -> None:
     if args.activation_fn != "silu":
         raise ValueError(f"--activation-fn {args.activation_fn} is not supported; SeqBoat uses silu")
     limit = position_limit(args)
-    if limit is not None and limit < 1:
-        raise ValueError(f"--max-target-positions {limit}: must be a positive number of positions")
+    table = args.max_target_positions if args.rel_pos_bias == "simple" and not args.local_pos else None
+    if table is not None and table < 1:
+        raise ValueError(f"--max-target-positions {table}: must be a positive number of positions")
     if limit is not None and args.decoder_chunk_size > limit:
         raise ValueError(f"--decoder-chunk-size {args.decoder_chunk_size} exceeds --max-target-positions {limit}: "
                          "the working memory would be longer than any input")
+    if table is not None and args.decoder_chunk_size > table:  # MEGA-chunk: offsets up to c - 1
+        raise ValueError(f"--decoder-chunk-size {args.decoder_chunk_size} exceeds --max-target-positions {table}: "
+                         f"the learned relative-position bias (--rel-pos-bias simple) covers offsets up to {table} "
+                         "- 1, a chunk needs them up to the chunk size - 1")
     tokens_per_sample = getattr(args, "tokens_per_sample", None)
     if limit is not None and isinstance(tokens_per_sample, int) and tokens_per_sample > limit:
         raise ValueError(

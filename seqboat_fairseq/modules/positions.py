@@ -3,6 +3,12 @@
 Both are functions of *original* token positions carried with the compressed slots, so
 they are computed per (query, key) pair inside the attention window: nothing of size
 L x L is ever materialised (upstream hazard H9), and rotary extends to any position.
+
+``rotary`` (``--rel-pos-bias rotary``) is RoPE: q and k are rotated by their absolute positions
+(:func:`apply_rotary`), no parameter, no bias term. MEGA's ``--rel-pos-bias rotary`` is another
+thing of the same name: a learned bias, two vectors rotated by the positions whose dot product is
+added to the scores (``RotaryRelativePositionalBias``; its enwik8 recipe uses it); it is not
+implemented here.
 """
 
 import functools
@@ -18,7 +24,9 @@ class RelativePositionalBias(nn.Module):
     """A learned bias ``table[clip(center + (pos_k - pos_q), 0, size - 1)]``.
 
     * ``simple``: ``size = 2M - 1``, ``center = M - 1`` (M = max_positions); offsets beyond
-      +-(M - 1) are clamped to the end entries, so any length works.
+      +-(M - 1) would be clamped to the end entries, so the LM refuses longer sequences unless
+      the attention never sees such offsets (MEGA-chunk: at most c - 1 inside a chunk of c
+      consecutive tokens, ``models/baselines.offsets_within_chunk``).
     * ``local_pos``: ``size = 6w - 1``, ``center = 4w - 1``, offsets measured in slots of the
       compressed sequence; only ``[3w - 1, 5w - 1]`` is ever used, the rest exists for
       upstream checkpoint compatibility (upstream hazard H21; docs/design.md, 'Positions').
