@@ -230,7 +230,113 @@ def bench_line(record: Dict) -> str:
 
 
 def emit(record: Dict) -> None:
+    """Prints ``BENCH {json}`` and appends the record, stamped with its run (:func:`run_stamp`), to
+    ``<results dir>/<script>.jsonl`` (:func:`results_dir`; nothing is saved where that is ``None``)."""
     print(bench_line(record), flush=True)
+    save_record(record)
+
+
+# --------------------------------------------------------------------------- stored results
+# Every emitted record is also appended to bench/results/<script>.jsonl, one JSON object a line:
+# {"run": run_stamp(), "record": {...}}. `python bench/report.py` turns these files into
+# docs/results.md, so a published figure is always a stored measurement with its provenance.
+RESULTS_ENV = "SEQBOAT_BENCH_RESULTS"
+DEFAULT_RESULTS_DIR = os.path.join(REPO_ROOT, "bench", "results")
+_RUN_STAMP: Dict = {}
+
+
+def results_dir():
+    """Where :func:`emit` saves records: ``$SEQBOAT_BENCH_RESULTS`` if set (empty, ``0``, ``off`` or
+    ``none``: nowhere), else ``bench/results/``, except under pytest (``PYTEST_CURRENT_TEST``, which
+    subprocesses inherit), where nothing is saved unless the variable names a directory: a test must
+    never add measurements to the repository."""
+    value = os.environ.get(RESULTS_ENV)
+    if value is None:
+        return None if "PYTEST_CURRENT_TEST" in os.environ else DEFAULT_RESULTS_DIR
+    if value.strip().lower() in ("", "0", "off", "none", "false", "no"):
+        return None
+    return value
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``) or ``platform.processor()``."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def script_name() -> str:
+    """The running bench script's name without ``.py`` (the results file's stem)."""
+    return os.path.splitext(os.path.basename(_script_path()))[0] or "interactive"
+
+
+def _script_path() -> str:
+    if sys.argv and sys.argv[0] and sys.argv[0] != "-c":
+        return sys.argv[0]
+    return getattr(sys.modules.get("__main__"), "__file__", None) or "interactive"
+
+
+def run_stamp() -> Dict:
+    """Provenance shared by every record of this process: ``run_id``, ``script``, ``commit`` (short
+    HEAD), ``lib`` (:func:`library_hash`: the library code that actually ran), ``dirty`` (uncommitted
+    changes under ``seqboat_fairseq/`` or ``bench/``), ``date`` (UTC, ISO 8601), ``machine`` (CPU
+    model, cores, OS), ``torch`` version and ``command`` (the command line, from the repository root)."""
+    if _RUN_STAMP:
+        return _RUN_STAMP
+    import datetime
+    import platform
+    import shlex
+    import subprocess
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    try:
+        import torch
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    script = os.path.relpath(os.path.abspath(_script_path()), REPO_ROOT)
+    _RUN_STAMP.update({
+        "run_id": f"{now.strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}-{os.urandom(3).hex()}",
+        "script": script_name(),
+        "commit": git("rev-parse", "--short", "HEAD") or "unknown",
+        "lib": library_hash(),
+        "dirty": bool(git("status", "--porcelain", "--", "seqboat_fairseq", "bench")),
+        "date": now.isoformat().replace("+00:00", "Z"),
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
+        "torch": torch_version,
+        "command": shlex.join(["python", script, *sys.argv[1:]]),
+    })
+    return _RUN_STAMP
+
+
+def save_record(record: Dict, directory=None) -> None:
+    """Appends ``{"run": run_stamp(), "load_1m": ..., "record": record}`` to ``<directory>/<script>.jsonl``
+    (``directory``: :func:`results_dir` by default; ``None`` there: nothing is written)."""
+    directory = directory or results_dir()
+    if directory is None:
+        return
+    stamp = run_stamp()
+    os.makedirs(directory, exist_ok=True)
+    # the machine's 1-minute load average when the record was made: on a shared machine, a record
+    # taken while other processes ran is told apart (bench/report.py prints the run's maximum)
+    line = json.dumps({"run": stamp, "load_1m": round(os.getloadavg()[0], 2), "record": record},
+                      sort_keys=False) + "\n"
+    with open(os.path.join(directory, f"{stamp['script']}.jsonl"), "a") as f:
+        f.write(line)  # one write of one line: records of concurrent runs never interleave
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence], title: str = "") -> str:

@@ -23,7 +23,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (REPO_ROOT, bench_line, format_table, median, peak_rss_mb, quiet_fairseq_logging,  # noqa: E402
+from common import (REPO_ROOT, emit, format_table, median, peak_rss_mb, quiet_fairseq_logging,  # noqa: E402
                     rss_mb, setup_torch, time_repeats)
 
 # seqboat_lra_imdb spelled out, for SeqBoat-full (local_pos needs a working memory: plain simple bias)
@@ -134,7 +134,7 @@ def main():
             raise SystemExit(f"worker {model} failed:\n{out.stderr[-3000:]}")
         record = json.loads(out.stdout.strip().splitlines()[-1])
         records.append(record)
-        print(bench_line(record), flush=True)
+        emit(record)
 
     rows = [[r["model"], r["seq_len"], r["batch_size"], r["ms"], r["delta_mb"], r["peak_mb"], r["params"],
              r["act_rate"]] for r in records]
@@ -150,7 +150,7 @@ def main():
                          "speedup": round(ref["ms"] / r["ms"], 3), "delta_mem_ratio": round(r["delta_mb"] / ref["delta_mb"], 3)}
                 print(f"{name}: {ratio['speedup']}x the Transformer's speed, {ratio['delta_mem_ratio']}x its "
                       f"activation memory (paper, GPU: SeqBoat 10.4x speed, 0.05x memory)")
-                print(bench_line(ratio))
+                emit(ratio)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,108 @@
+"""Stored benchmark results and docs/results.md: ``emit`` saves stamped records, ``bench/report.py``
+renders them, ``--check`` fails whenever the page or a plot differs from the records."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "bench")
+sys.path.insert(0, BENCH)
+
+import common  # noqa: E402
+import report  # noqa: E402
+
+
+def run_report(*args):
+    return subprocess.run([sys.executable, os.path.join(BENCH, "report.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_docs_results_md_is_in_sync_with_the_stored_results():
+    out = run_report("--check")
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.fixture
+def stored(tmp_path, monkeypatch):
+    """Two runs of a fake benchmark emitted through ``common.emit`` into a temporary results dir."""
+    results = tmp_path / "results"
+    monkeypatch.setenv(common.RESULTS_ENV, str(results))
+    for value in (1.5, 2.5):  # two runs of the same command: only the latest is reported
+        common._RUN_STAMP.clear()
+        monkeypatch.setattr(sys, "argv", ["bench/linear_rows.py", "--rows", "1,2"])
+        monkeypatch.setattr(common, "script_name", lambda: "linear_rows")
+        for rows in (1, 2):
+            common.emit({"bench": "linear_rows", "rows": rows, "f_linear_us": value * rows, "linear_us": 1.0,
+                         "threads": 1})
+    common._RUN_STAMP.clear()
+    return results
+
+
+def test_emit_stamps_each_record_with_its_run(stored):
+    lines = (stored / "linear_rows.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    entry = json.loads(lines[-1])
+    run = entry["run"]
+    assert run["command"] == "python bench/linear_rows.py --rows 1,2"
+    assert run["commit"] and run["lib"] and run["date"].endswith("Z") and "cores" in run["machine"]
+    assert entry["record"] == {"bench": "linear_rows", "rows": 2, "f_linear_us": 5.0, "linear_us": 1.0, "threads": 1}
+
+
+def test_no_results_are_saved_under_pytest_unless_asked(monkeypatch, tmp_path):
+    monkeypatch.delenv(common.RESULTS_ENV, raising=False)
+    assert "PYTEST_CURRENT_TEST" in os.environ and common.results_dir() is None
+    for off in ("", "0", "off"):
+        monkeypatch.setenv(common.RESULTS_ENV, off)
+        assert common.results_dir() is None
+    monkeypatch.setenv(common.RESULTS_ENV, str(tmp_path))
+    assert common.results_dir() == str(tmp_path)
+
+
+def test_report_renders_the_latest_run_and_check_detects_drift(stored, tmp_path):
+    out, img = tmp_path / "results.md", tmp_path / "img"
+    args = ["--results", str(stored), "--out", str(out), "--img-dir", str(img)]
+    assert run_report(*args, "--check").returncode == 1  # nothing written yet
+    done = run_report(*args)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "`python bench/linear_rows.py --rows 1,2`" in text
+    assert "| 1 | 2.5 |" in text and "| 2 | 5.0 |" in text  # the latest run, values as stored
+    assert "| 1 | 1.5 |" not in text
+    pngs = sorted(os.listdir(img))
+    assert len(pngs) == 1 and f"img/{pngs[0]}" in text
+    assert run_report(*args, "--check").returncode == 0
+
+    out.write_text(text.replace("| 2 | 5.0 |", "| 2 | 4.0 |"))  # a hand-edited figure
+    bad = run_report(*args, "--check")
+    assert bad.returncode == 1 and "differs" in bad.stderr
+    out.write_text(text)
+
+    with open(stored / "linear_rows.jsonl") as f:  # a new run: page and plot are stale
+        entry = json.loads(f.readlines()[-1])
+    entry["run"].update(run_id="z-later", date="2999-01-01T00:00:00Z")
+    entry["record"]["f_linear_us"] = 9.0
+    with open(stored / "linear_rows.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    stale = run_report(*args, "--check")
+    assert stale.returncode == 1 and "differs" in stale.stderr and "shows other data" in stale.stderr
+
+    assert run_report(*args).returncode == 0  # regenerated: the old plot is replaced, not kept
+    assert len(os.listdir(img)) == 1 and run_report(*args, "--check").returncode == 0
+    (img / "extra.png").write_bytes((img / os.listdir(img)[0]).read_bytes())
+    assert "not listed" in run_report(*args, "--check").stderr
+
+
+def test_a_broken_results_file_is_one_error_line(tmp_path):
+    (tmp_path / "x.jsonl").write_text('{"run": {}}\n')
+    out = run_report("--results", str(tmp_path), "--out", str(tmp_path / "r.md"), "--img-dir", str(tmp_path / "i"))
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and len(out.stderr.splitlines()) == 1
+    assert "x.jsonl:1" in out.stderr and not (tmp_path / "r.md").exists()
+
+
+def test_table_moves_constant_columns_below():
+    lines = report.table([{"bench": "k", "a": 1, "b": 2.0}, {"bench": "k", "a": 2, "b": 2.0}])
+    assert lines[0] == "| a |" and lines[-1] == "Same in every row: b = `2.0`."
