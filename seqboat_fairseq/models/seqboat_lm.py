@@ -1,4 +1,4 @@
-"""SeqBoat language model (``--arch seqboat_lm*``; upstream ``slag_lm*``). Spec section 8.1-8.2.
+"""SeqBoat language model (``--arch seqboat_lm*``; upstream ``slag_lm*``).
 
 Decoder-only: token embedding (scaled by sqrt(D)) -> N causal SeqBoat layers -> final norm
 (prenorm only) -> output projection (optionally tied to the embedding). The forward returns
@@ -20,6 +20,8 @@ from fairseq.models import (
 )
 from torch import Tensor, nn
 
+from ..modules.gau import REL_POS_TYPES
+from ..modules.local_attention import ATTENTION_ACTIVATIONS
 from ..modules.norms import NORM_TYPES, SequenceNorm
 from ..modules.seqboat_layer import LayerActivation, upgrade_upstream_layer_keys
 from .baselines import (LAYER_TYPES, baseline_preset, check_baseline_options, chunked_attention_field,
@@ -67,13 +69,13 @@ class SeqBoatLMConfig(CheckpointActivationsConfig):
     activation_dropout: Optional[float] = preset_field(0.0, "dropout inside the FFN (if any)")
     activation_fn: Optional[ChoiceEnum(["silu"])] = preset_field(
         "silu", "activation (SeqBoat uses SiLU throughout)")
-    attention_activation_fn: Optional[ChoiceEnum(["softmax", "relu2", "laplace"])] = preset_field(
+    attention_activation_fn: Optional[ChoiceEnum(list(ATTENTION_ACTIVATIONS))] = preset_field(
         "softmax", "attention activation")
     normalization_type: Optional[ChoiceEnum(list(NORM_TYPES))] = preset_field(
         "layernorm", "normalisation layer type")
     normalize_before: Optional[bool] = preset_field(False, "prenorm (adds a final norm)")
     no_affine_final_norm: Optional[bool] = preset_field(False, "final norm without parameters")
-    rel_pos_bias: Optional[ChoiceEnum(["simple", "rotary"])] = preset_field(
+    rel_pos_bias: Optional[ChoiceEnum(list(REL_POS_TYPES))] = preset_field(
         "simple", "relative positions: learned bias table of 2 x --max-target-positions - 1 offsets "
                   "(simple; limits the sequence length) or rotary (no limit)")
     local_pos: Optional[bool] = preset_field(
@@ -162,21 +164,27 @@ class SeqBoatDecoder(FairseqIncrementalDecoder):
     def forward(self, prev_output_tokens: Tensor, encoder_out=None,
                 incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
                 features_only: bool = False, src_lengths=None, return_all_hiddens: bool = False,
-                **unused) -> Tuple[Tensor, Dict[str, Any]]:
-        """prev_output_tokens: ``(B, T)``. Returns ``(logits (B, T, V), extra)``; ``extra``
-        holds ``inner_states``, ``activations`` (one :class:`LayerActivation` per layer) and ``padding_mask``."""
-        x, extra = self.extract_features(prev_output_tokens, incremental_state=incremental_state)
+                new_tokens_only: bool = False, **unused) -> Tuple[Tensor, Dict[str, Any]]:
+        """prev_output_tokens: ``(B, T)``: with an ``incremental_state``, the whole prefix (as fairseq's
+        generators pass it), or with ``new_tokens_only`` just the tokens after those the state has
+        consumed (streaming evaluation, ``tasks/streaming_lm.py``). Returns ``(logits (B, T', V), extra)``
+        for the T' new tokens; ``extra`` holds ``inner_states``, ``activations`` (one
+        :class:`LayerActivation` per layer) and ``padding_mask``."""
+        x, extra = self.extract_features(prev_output_tokens, incremental_state=incremental_state,
+                                         new_tokens_only=new_tokens_only)
         if not features_only:
             x = self.output_layer(x)
         return x, extra
 
     def extract_features(self, prev_output_tokens: Tensor, encoder_out=None,
-                         incremental_state=None, **unused) -> Tuple[Tensor, Dict[str, Any]]:
+                         incremental_state=None, new_tokens_only: bool = False, **unused
+                         ) -> Tuple[Tensor, Dict[str, Any]]:
         consumed = 0
         if incremental_state is not None:
+            consumed = self.layers[0].decoded_length(incremental_state) if len(self.layers) else 0
+        if incremental_state is not None and not new_tokens_only:
             # fairseq's generators pass the whole prefix at every step; feed only the tokens
             # the layers' state has not consumed yet (one per step; the prompt at once).
-            consumed = self.layers[0].decoded_length(incremental_state) if len(self.layers) else 0
             if consumed >= prev_output_tokens.size(1):
                 raise ValueError(
                     f"incremental decoding expects the full prefix: got {prev_output_tokens.size(1)} tokens "
@@ -327,7 +335,7 @@ def seqboat_lm_enwik8_base(args):
             attention_activation_fn="softmax", normalization_type="layernorm", max_target_positions=10384)
 
 
-# Upstream names, with upstream's architecture defaults (spec 8.2), so upstream recipes and
+# Upstream names, with upstream's architecture defaults, so upstream recipes and
 # checkpoints resolve. Differences: activation_dropout defaults to 0.0 instead of crashing (H18).
 def _slag_preset(args, layers=6, dim=512, hidden=1664, zdim=128, dropout=0.1, attention_dropout=0.0,
                  hidden_dropout=0.0, activation_dropout=0.0):
@@ -364,7 +372,7 @@ def slag_lm_enwik8_large(args):
     _slag_preset(args, 20, 512, 1024, 128)
 
 
-# --------------------------------------------------------------------------- baselines (issue 11)
+# --------------------------------------------------------------------------- baselines
 # The two hybrids SeqBoat's paper argues against, built from the same modules and trained,
 # scored and decoded by the same tools (docs/design.md, 'Baselines'). Each preset is the SeqBoat
 # preset it is compared with, plus the baseline's options; everything else (width, depth, MD-EMA,
