@@ -49,7 +49,7 @@ def get_parser():
     add_threads_seed_args(p)
     add_quiet_args(p, wait_quiet=30.0, before="round")
     p.add_argument("--target-rate", type=float, default=0.25, help="rate of the target check (vs 100%%)")
-    p.add_argument("--target-ratio", type=float, default=0.45, help="target (issue 9): time(target rate) <= this x time(100%%)")
+    p.add_argument("--target-ratio", type=float, default=0.45, help="target: time(target rate) <= this x time(100%%)")
     return p
 
 

@@ -4,7 +4,7 @@
     python bench/data_formats.py [--images 2000] [--pixels 16384] [--read 256] [--repeats 3]
 
 Data: ``--images`` images of ``--pixels`` pixels (Path-X: 128 x 128 = 16,384), uniformly random
-values 0..255 (seeded; as text ~3.6 bytes per pixel, close to the ~9 GB the issue measured for
+values 0..255 (seeded; as text ~3.6 bytes per pixel, close to the ~9 GB of Path-X's text-format train.src for
 Path-X's train.src), random labels 0/1. Both formats are written into a temporary directory
 (``--workdir``, removed afterwards unless ``--keep``).
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU check of the plugin (issue 9), under ten minutes on one CUDA device:
+# One GPU check of the plugin, under ten minutes on one CUDA device:
 #   1. install the plugin into the current environment (reusing its torch / fairseq if present),
 #   2. the module and decoding tests on the device: fp32, bf16 and fp16 (tests/test_precision.py),
 #      no host synchronisation in a decode step (torch.cuda.set_sync_debug_mode("error")),

@@ -22,8 +22,8 @@ models) with ``--recompute-gau`` (each GAU keeps only its compressed input and i
 both combine (``seqboat+rgau+ckpt``).
 
 Output: a table, one ``BENCH {json}`` line per row, then ratio lines (``BENCH`` too) comparing
-every model with the Transformer at each length, and the issues' targets (at 4k; the training-memory
-target of issue 9 at 4k and 8k).
+every model with the Transformer at each length, and the target lines (at 4k; the training-memory
+target at 4k and 8k).
 """
 
 import argparse
@@ -334,7 +334,7 @@ def main():
         for x in ratio_rows:
             emit(x)
 
-    # the issue's targets: SeqBoat >= 10x faster and <= 0.05x memory of the Transformer at 4k
+    # the paper's claims as targets: SeqBoat >= 10x faster and <= 0.05x memory of the Transformer at 4k
     target = next((x for x in ratio_rows if x["seq_len"] == 4096 and x["model"] == model_label("seqboat", args.window)), None)
     if target is not None and args.baseline == "transformer":
         speed_ok = target["speedup"] >= 10.0
@@ -348,7 +348,7 @@ def main():
               "speedup": target["speedup"], "speedup_target": 10.0, "speedup_met": speed_ok,
               "delta_mem_ratio": target["delta_mem_ratio"], "mem_target": 0.05, "mem_met": mem_ok})
 
-    # issue 9 target 3: peak activation memory of SeqBoat <= 1.0x the Transformer's without checkpointing,
+    # training-memory target: peak activation memory of SeqBoat <= 1.0x the Transformer's without checkpointing,
     # and <= 0.25x with --checkpoint-activations (both against the Transformer without it); judged on the
     # allocator's peak (alloc_mb) and, separately, on the RSS increase (delta_mb)
     if args.baseline == "transformer":

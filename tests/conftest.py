@@ -108,7 +108,7 @@ def train_tiny_lm(data, save_dir, *extra, updates=2):
 # Equivalence tests (fast layer vs the dense reference, step vs parallel, batch invariance, ...)
 # prove something only at weights where each branch moves the checked numbers far more than the
 # tolerance: at the default initialisation (q/k gamma std 0.02) the GAU contributes ~1e-5 to a
-# layer's output, so a dropped GAU passed every test (issue 12). ``make_layer`` builds a layer
+# layer's output, so a dropped GAU would pass every test. ``make_layer`` builds a layer
 # at such weights; ``assert_branches_matter`` asserts, inside a test, that it is so.
 LAYER_DIMS = (16, 8, 12, 4)  # D, Z, H, N
 

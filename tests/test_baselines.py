@@ -1,4 +1,4 @@
-"""The MEGA-chunk and SPADE baselines (issue 11, docs/design.md 'Baselines'): chunked attention
+"""The MEGA-chunk and SPADE baselines (docs/design.md 'Baselines'): chunked attention
 against a dense block-diagonal reference, chunk boundaries, decoding equivalence (step and
 forward_chunk == the parallel forward, per layer and for the whole LM), shapes, parameter counts
 matched to the SeqBoat presets they are compared with, clear errors, and (slow) a few updates of

@@ -1,4 +1,4 @@
-"""``--checkpoint-activations`` / ``--offload-activations`` (issue 9 target 3): each SeqBoat layer
+"""``--checkpoint-activations`` / ``--offload-activations``: each SeqBoat layer
 of the LM and of the LRA classifier is checkpointed with fairseq's ``checkpoint_wrapper`` and the
 loss, every parameter's gradient, the routing and the BatchNorm running statistics equal those of
 the same model without it (dropout on, fixed seed); only the layers' inputs are kept for backward;

@@ -11,7 +11,7 @@ import torch
 from conftest import (assert_branches_matter, assert_close, assert_partially_active, build_lra, strong_weights_,
                       write_lra_dictionaries)
 
-# spec 8.5: (per layer, encoder without token embedding, head, total without token embedding)
+# the paper's parameter counts: (per layer, encoder without token embedding, head, total without token embedding)
 PAPER_SIZES = {
     "seqboat_lra_listop": ("lra-text", 2000, 65_366, 392_196, 14_560, 406_756),
     "seqboat_lra_imdb": ("lra-text", 4000, 141_507, 566_028, 33_536, 599_564),
@@ -137,7 +137,7 @@ def test_cls_representation_and_image_constraints(text_dir, image_dir):
 
 
 def upstream_cifar_state_dict(model):
-    """Our model's tensors renamed to upstream's LRA layout (spec 12.2), by role."""
+    """Our model's tensors renamed to upstream's LRA layout, by role."""
     ours = model.state_dict()
     up = {}
     roles = {"gau.qk_gamma": "gamma", "gau.qk_beta": "beta", "gau.rel_pos.table": "rel_pos_bias.rel_pos_bias",
@@ -163,7 +163,7 @@ def test_upstream_lra_state_dict_loads(image_dir):
     model, _, _ = build_lra(image_dir, "lra-image", "--arch", "seqboat_lra_cifar10", "--encoder-layers", "2")
     strengthen(model)
     upstream = upstream_cifar_state_dict(model)
-    # the exact upstream key set of spec 12.2 for one CIFAR layer
+    # the exact upstream key set of one CIFAR layer
     layer = {k.split("mega_layer.")[1] for k in upstream if k.startswith("encoder.encoder.layers.0.")}
     assert layer == {"gamma", "beta", "norm.norm.weight", "norm.norm.bias", "norm.norm.running_mean",
                      "norm.norm.running_var", "norm.norm.num_batches_tracked", "move.delta", "move.alpha",

@@ -1,4 +1,4 @@
-"""Smoke tests of the issue-11 benchmarks: ``bench/paper_efficiency.py --quick`` and ``bench/quality_race.py
+"""Smoke tests of the paper-comparison benchmarks: ``bench/paper_efficiency.py --quick`` and ``bench/quality_race.py
 --quick`` run end to end, print their tables and well-formed ``BENCH`` lines, and the race refuses a number
 it cannot vouch for."""
 
