@@ -132,7 +132,7 @@ class MultiHeadEMA(nn.Module):
         seq_len, bsz = x.shape[:2]
         # (D, B, L) fp32, contiguous: the layout chunked_ema_conv multiplies in. The omega skip
         # reads the same copy, so the time-major input is not kept for the backward pass as well
-        u = upcast(x).permute(2, 1, 0).contiguous()
+        u = _TimeMajorSwap.apply(upcast(x))
         skip_input = u
         if padding_mask is not None:
             u = u.masked_fill(padding_mask.unsqueeze(0), 0.0)
@@ -144,9 +144,10 @@ class MultiHeadEMA(nn.Module):
         coef, log_phi = self.kernel_terms()
         chunk = chunk_size or default_chunk_size(bsz, seq_len, self.truncation)
         y = chunked_ema_conv(u, coef, log_phi, chunk, self.truncation)
-        if self.bidirectional:
-            y = y[: self.embed_dim] + y[self.embed_dim:].flip(-1)
-        return (y + residual).type_as(x).permute(2, 1, 0).contiguous()
+        if self.bidirectional:  # (unbind: its gradient is one stack, a slice's a zero-filled copy each)
+            forward_in_time, backward_in_time = y.view(2, self.embed_dim, *y.shape[1:]).unbind(0)
+            y = forward_in_time + backward_in_time.flip(-1)
+        return _TimeMajorSwap.apply(y + residual).type_as(x)
 
     # ------------------------------------------------------------------ recurrent form
     # Decoding state (all fp32, batch first), updated in place by step / forward_chunk:
@@ -277,6 +278,20 @@ class MultiHeadEMA(nn.Module):
                 f"bidirectional={self.bidirectional}, truncation={self.truncation}")
 
 
+class _TimeMajorSwap(torch.autograd.Function):
+    """``x.permute(2, 1, 0).contiguous()`` whose gradient is contiguous too: autograd would pass
+    the permuted (strided) gradient on, and torch's CPU bmm then copies it matrix by matrix, and
+    elementwise ops on it run at a fraction of their speed. (L, B, D) <-> (D, B, L)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.permute(2, 1, 0).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.permute(2, 1, 0).contiguous()
+
+
 def default_chunk_size(batch_size: int, seq_len: int, truncation: Optional[int] = None) -> int:
     """C for ``chunked_ema_conv``: 32, or 64 for an untruncated kernel once a call holds >= 8192
     tokens (fewer, larger matmuls then pay off; a truncated kernel doubles the in-chunk product,
@@ -296,13 +311,17 @@ def chunked_ema_conv(u: Tensor, coef: Tensor, log_phi: Tensor, chunk: int,
     With ``h_t[n] = sum_{s <= t} phi^(t - s) u_s`` (per channel), a token at offset i of chunk a
     receives (1) the chunk's own tokens through the C x C lower-triangular Toeplitz matrix
     ``T[i, j] = K[i - j]`` and (2) everything before the chunk through the state at its start,
-    ``sum_n coef phi^(i + 1) h_(aC - 1)[n]``. The states at chunk ends are a linear scan,
-    ``h_end[a] = phi^C h_end[a - 1] + sum_j phi^(C - 1 - j) u[a, j]`` (``_DecayScan``). The
-    products are batched matmuls, O(L D (C + N)) work, against the FFT's O(L D log L) in complex
-    arithmetic plus the O(L D N)-sized kernel it needs; nothing of size (D, N, L) is built.
+    ``sum_n coef phi^(i + 1) h_(aC - 1)[n]``. The states at chunk starts are a linear scan of the
+    chunk sums ``e[a] = sum_j phi^(C - 1 - j) u[a, j]`` (``_DecayScan``). The products are batched
+    matmuls, O(L D (C + N)) work, against the FFT's O(L D log L) in complex arithmetic plus the
+    O(L D N)-sized kernel it needs; nothing of size (D, N, L) is built.
     Truncation: the truncated kernel's output is ``y_t - sum_n coef phi^L_k h_(t - L_k)[n]``, so
     a second readout with ``coef phi^L_k`` shares the scan, shifted by L_k tokens
     (the identity the decoding step uses, see 'Decoding state' below).
+
+    Written so that the backward pass is matmuls and adds only: separate products rather than
+    slices of one (a slice's gradient is a zero-filled copy of the whole product), and no
+    in-place update of a view (its gradient clones the whole tensor).
     """
     channels, bsz, seq_len = u.shape
     ndim = log_phi.size(-1)
@@ -314,60 +333,64 @@ def chunked_ema_conv(u: Tensor, coef: Tensor, log_phi: Tensor, chunk: int,
     x = F.pad(u, (0, padded - seq_len)) if padded > seq_len else u  # F.pad copies even when padding nothing
     x = x.reshape(channels, bsz * num_chunks, chunk).contiguous()
     powers = torch.exp(log_phi.unsqueeze(-1) * torch.arange(chunk + 1, device=u.device, dtype=u.dtype))  # phi^0..C
+    # the chunk sums, then the states at the chunk starts (zero for the first chunk)
+    ends = torch.bmm(x, powers[..., :chunk].flip(-1).transpose(1, 2))  # (D', B A, N)
+    starts = _DecayScan.apply(ends.view(channels, bsz, num_chunks, ndim), powers[..., chunk])
+    starts = starts.view(channels, bsz * num_chunks, ndim)
     truncated = truncation is not None and truncation < seq_len
-    readouts = torch.stack([coef, coef * torch.exp(log_phi * truncation)], 1) if truncated else coef.unsqueeze(1)
-    num_readouts = readouts.size(1)  # (D', R, N)
-    kernel = readouts @ powers[..., :chunk]  # (D', R, C): K[0..C-1] (and its L_k-lagged twin)
-    # toeplitz[..., i, j] = K[i - j] for j <= i, else 0: rows of the zero-padded, reversed kernel
-    toeplitz = F.pad(kernel, (chunk - 1, 0)).flip(-1).unfold(-1, chunk, 1).flip(-2)  # (D', R, C, C)
-    # one matmul per channel for the in-chunk outputs and the chunk-end states together
-    weights = torch.cat([toeplitz.permute(0, 3, 1, 2).reshape(channels, chunk, num_readouts * chunk),
-                         powers[..., :chunk].flip(-1).transpose(1, 2)], dim=-1)  # (D', C, R C + N)
-    products = torch.bmm(x, weights)
-    # (slices, not split(): the in-chunk part is added to in place below)
-    local, ends = products[..., :num_readouts * chunk], products[..., num_readouts * chunk:]
-    states = _DecayScan.apply(ends.reshape(channels, bsz, num_chunks, ndim), powers[..., chunk])
-    carry = (readouts.unsqueeze(-1) * powers[:, None, :, 1:]).transpose(1, 2)  # coef phi^(i+1): (D', N, R, C)
-    # what the state at the end of chunk a carries into chunk a + 1 (the matmul reads the scan's
-    # output itself, which autograd keeps anyway, rather than a shifted copy of it)
-    carried = torch.bmm(states.view(channels, bsz * num_chunks, ndim), carry.reshape(channels, ndim, -1))
-    y = local.view(channels, bsz, num_chunks, -1)
-    y[:, :, 1:] += carried.view(channels, bsz, num_chunks, -1)[:, :, :-1]
-    y = y.view(channels, bsz, num_chunks, num_readouts, chunk)
-    out = y[..., 0, :].reshape(channels, bsz, padded)[..., :seq_len]
+    out = _readout(x, starts, coef, powers, chunk)
+    out = out.view(channels, bsz, padded)
+    out = out[..., :seq_len] if padded > seq_len else out
     if truncated:
-        lagged = y[..., 1, :].reshape(channels, bsz, padded)[..., :seq_len - truncation]
+        lagged = _readout(x, starts, coef * torch.exp(log_phi * truncation), powers, chunk)
+        lagged = lagged.view(channels, bsz, padded)[..., :seq_len - truncation]
         out = out - F.pad(lagged, (truncation, 0))
     return out
 
 
+def _readout(x: Tensor, starts: Tensor, readout: Tensor, powers: Tensor, chunk: int) -> Tensor:
+    """In-chunk Toeplitz product plus what the chunk-start state carries, for one readout
+    ``(D', N)``: ``x @ T + starts @ (readout phi^(i + 1))``, ``(D', B A, C)``."""
+    kernel = torch.bmm(readout.unsqueeze(1), powers[..., :chunk]).squeeze(1)  # (D', C): K[0..C-1]
+    # toeplitz[:, j, i] = K[i - j] for j <= i, else 0 (the right factor of x @ T)
+    toeplitz = F.pad(kernel, (chunk - 1, 0)).flip(-1).unfold(-1, chunk, 1).flip(-2).transpose(1, 2)
+    carry = readout.unsqueeze(-1) * powers[..., 1:]  # (D', N, C)
+    return torch.baddbmm(torch.bmm(x, toeplitz), starts, carry)
+
+
 class _DecayScan(torch.autograd.Function):
-    """``h[a] = decay * h[a - 1] + e[a]`` along the chunk axis (h[-1] = 0), for e ``(D', B, A, N)``
-    and decay ``(D', N)``, as a log-depth (Hillis-Steele) scan: ceil(log2 A) full-size steps
-    instead of A small ones. A Function because autograd would keep every step's input; this
-    keeps the output only. The backward pass is the same scan run backwards in time:
-    ``grad_e[a] = grad_h[a] + decay * grad_e[a + 1]``, ``grad_decay = sum_a grad_e[a] h[a - 1]``."""
+    """Chunk-start states ``h[a] = decay * h[a - 1] + e[a - 1]``, ``h[0] = 0`` (an exclusive scan)
+    along the chunk axis, for e ``(D', B, A, N)`` and decay ``(D', N)``, as a log-depth
+    (Hillis-Steele) scan: ceil(log2 A) full-size steps instead of A small ones. A Function
+    because autograd would keep every step's input; this keeps the output only. The backward
+    pass is the same scan run backwards in time: with ``g[a] = grad_h[a] + decay * g[a + 1]``,
+    ``grad_e[a] = g[a + 1]`` and ``grad_decay = sum_a g[a] h[a - 1]``."""
 
     @staticmethod
     def forward(ctx, ends: Tensor, decay: Tensor) -> Tensor:
-        states = _decay_scan(ends, decay)
+        shifted = torch.zeros_like(ends, memory_format=torch.contiguous_format)
+        shifted[:, :, 1:] = ends[:, :, :-1]
+        states = _decay_scan(shifted, decay)
         ctx.save_for_backward(states, decay)
         return states
 
     @staticmethod
     def backward(ctx, grad_states: Tensor):
         states, decay = ctx.saved_tensors
-        grad_ends = _decay_scan(grad_states.flip(2), decay).flip(2)
+        adjoint = _decay_scan(grad_states.flip(2), decay).flip(2)
+        grad_ends = torch.zeros_like(adjoint)
+        grad_ends[:, :, :-1] = adjoint[:, :, 1:]
         grad_decay = None
         if ctx.needs_input_grad[1]:
-            grad_decay = (grad_ends[:, :, 1:] * states[:, :, :-1]).sum((1, 2))
+            grad_decay = (adjoint[:, :, 1:] * states[:, :, :-1]).sum((1, 2))
         return grad_ends, grad_decay
 
 
 def _decay_scan(ends: Tensor, decay: Tensor) -> Tensor:
-    """The forward recurrence of ``_DecayScan`` (no autograd; returns a new tensor): after the
-    step with shift s, h[a] sums e[b] decay^(a - b) over a - 2s < b <= a."""
-    states = ends.clone(memory_format=torch.contiguous_format)
+    """The inclusive recurrence ``h[a] = decay * h[a - 1] + e[a]`` in place on ``ends`` (no
+    autograd; returns it): after the step with shift s, h[a] sums e[b] decay^(a - b) over
+    a - 2s < b <= a."""
+    states = ends
     factor = decay[:, None, None, :]
     shift = 1
     while shift < states.size(2):
