@@ -1,10 +1,14 @@
-"""Few-row products on this CPU: ``F.linear`` vs the plugin's ``modules.linear.Linear``.
+"""Few-row products on this CPU: ``F.linear`` vs the column route ``(W x^T)^T`` vs the plugin's ``Linear``.
 
-A decoding step applies each projection to one row per sequence (batch, beams). This times both
-routes for the enwik8-base GAU projection (616 -> 2592, ``--in-features`` / ``--out-features``)
-at several row counts, cycling through ``--layers`` distinct weights so that, as in a model, the
-weights are read from memory rather than cache. ``ratio`` = F.linear time / Linear time (> 1:
-the plugin's route is faster); rows above ``linear.MAX_ROWS`` use ``F.linear`` in both.
+A decoding step applies each projection to one row per sequence (batch, beams). ``modules.linear.Linear``
+chooses between ``F.linear`` and the column route by timing both once per shape on the machine at hand
+(cached). This times the two routes side by side and the plugin's ``Linear`` (whatever route it chose)
+for the enwik8-base GAU projection (616 -> 2592, ``--in-features`` / ``--out-features``) at several row
+counts, cycling through ``--layers`` distinct weights so that, as in a model, the weights are read from
+memory rather than cache. ``column speed-up`` = F.linear time / column-route time (> 1: the column route
+is faster here); ``chosen``: the route ``Linear`` took (its decision is made in an untimed warm-up call);
+``vs best``: Linear time / the faster route's time (1 = it chose well). Rows above ``linear.MAX_ROWS``
+always take ``F.linear``.
 
     python bench/linear_rows.py
 """
@@ -14,7 +18,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_threads_seed_args, emit, format_table, median, parse_int_list, setup_torch, time_repeats  # noqa: E402
+from common import (add_threads_seed_args, cpu_model, emit, format_table, median, parse_int_list,  # noqa: E402
+                    setup_torch, time_repeats)
 
 
 def main(argv=None):
@@ -32,13 +37,19 @@ def main(argv=None):
     import torch
     import torch.nn.functional as F
 
+    from seqboat_fairseq.modules import linear as linear_module
     from seqboat_fairseq.modules.linear import MAX_ROWS, Linear
 
+    print(f"# linear_rows: {args.in_features} -> {args.out_features}, {args.layers} weights cycled, {threads} "
+          f"threads, torch {torch.__version__}; CPU: {cpu_model()} ({os.cpu_count()} cores)", flush=True)
     layers = [Linear(args.in_features, args.out_features) for _ in range(args.layers)]
     rows_out = []
     with torch.no_grad():
         for rows in parse_int_list(args.rows):
             x = torch.randn(rows, args.in_features)
+            layers[0](x)  # Linear's one-off measurement for this shape, outside the timed calls
+            key = (rows, args.in_features, args.out_features, True, x.dtype, torch.get_num_threads())
+            chosen = "column" if linear_module.route_decisions().get(key) else "F.linear"
 
             def run(product):
                 def calls():
@@ -47,20 +58,27 @@ def main(argv=None):
                         product(layer, x)
                 return calls
 
-            plain = run(lambda layer, inp: F.linear(inp, layer.weight, layer.bias))
-            ours = run(lambda layer, inp: layer(inp))
-            times = {"f_linear": [], "linear": []}
-            for _ in range(args.repeats):  # interleaved, so a noisy phase hits both
-                times["f_linear"] += time_repeats(plain, warmup=1, repeats=1)
-                times["linear"] += time_repeats(ours, warmup=1, repeats=1)
-            f_us, ours_us = (median(times[k]) * 1000.0 / args.calls for k in ("f_linear", "linear"))
+            routes = {"f_linear": run(lambda layer, inp: F.linear(inp, layer.weight, layer.bias)),
+                      "column": run(lambda layer, inp: linear_module.column_product(inp, layer.weight, layer.bias)),
+                      "linear": run(lambda layer, inp: layer(inp))}
+            times = {k: [] for k in routes}
+            for _ in range(args.repeats):  # interleaved, so a noisy phase hits all three
+                for name, fn in routes.items():
+                    times[name] += time_repeats(fn, warmup=1, repeats=1)
+            us = {k: median(v) * 1000.0 / args.calls for k, v in times.items()}
             record = {"bench": "linear_rows", "rows": rows, "in_features": args.in_features,
-                      "out_features": args.out_features, "f_linear_us": round(f_us, 1), "linear_us": round(ours_us, 1),
-                      "ratio": round(f_us / ours_us, 3), "column_route": rows <= MAX_ROWS, "threads": threads}
+                      "out_features": args.out_features, "f_linear_us": round(us["f_linear"], 1),
+                      "column_us": round(us["column"], 1), "linear_us": round(us["linear"], 1),
+                      "column_speedup": round(us["f_linear"] / us["column"], 3),
+                      "linear_vs_best": round(us["linear"] / min(us["f_linear"], us["column"]), 3),
+                      "chosen": chosen if rows <= MAX_ROWS else "F.linear (> MAX_ROWS)", "threads": threads,
+                      "cpu": cpu_model()}
             emit(record)
-            rows_out.append([rows, record["f_linear_us"], record["linear_us"], record["ratio"], record["column_route"]])
-    print(format_table(["rows", "F.linear us", "Linear us", "ratio", "column route"], rows_out,
-                       title=f"{args.in_features} -> {args.out_features}, {args.layers} weights cycled, {threads} threads"))
+            rows_out.append([rows, record["f_linear_us"], record["column_us"], record["column_speedup"],
+                             record["chosen"], record["linear_us"], record["linear_vs_best"]])
+    print(format_table(["rows", "F.linear us", "column us", "column speed-up", "chosen", "Linear us", "vs best"],
+                       rows_out, title=f"{args.in_features} -> {args.out_features}, {args.layers} weights cycled, "
+                                       f"{threads} threads, {cpu_model()}"))
 
 
 if __name__ == "__main__":

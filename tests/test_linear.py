@@ -1,22 +1,64 @@
-"""modules/linear.py: the CPU column-GEMM route for few rows equals nn.Linear."""
+"""modules/linear.py: both CPU routes for few rows equal nn.Linear, the route is chosen by measuring on
+this machine once per shape (cached), and never while someone else is measuring."""
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import assert_close
+from seqboat_fairseq.modules import linear as linear_module
 from seqboat_fairseq.modules.linear import MAX_ROWS, Linear
 
 
+@pytest.fixture(autouse=True)
+def fresh_decisions():
+    linear_module.clear_route_decisions()
+    yield
+    linear_module.clear_route_decisions()
+
+
+@pytest.fixture
+def f_linear_calls(monkeypatch):
+    """Shapes of the inputs F.linear received (the column route never calls it)."""
+    calls = []
+    original = F.linear
+
+    def spy(*args, **kwargs):
+        calls.append(tuple(args[0].shape))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    return calls
+
+
+def force_route(monkeypatch, column: bool):
+    """Every measurement answers ``column``; returns the list of measured row counts."""
+    measured = []
+
+    def measure(rows, weight, bias):
+        measured.append(rows)
+        return column
+
+    monkeypatch.setattr(linear_module, "measure_column_route", measure)
+    return measured
+
+
+@pytest.mark.parametrize("column", [True, False], ids=["column_route", "f_linear_route"])
 @pytest.mark.parametrize("shape", [(1, 24), (2, 24), (3, 1, 24), (1, 1, 24), (MAX_ROWS, 24), (MAX_ROWS + 1, 24),
                                    (4, 5, 24), (0, 24)], ids=str)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-def test_equals_nn_linear_values_and_gradients(shape, bias):
+def test_both_routes_equal_nn_linear_values_and_gradients(shape, bias, column, monkeypatch, f_linear_calls):
+    force_route(monkeypatch, column)
     torch.manual_seed(0)
     layer = Linear(24, 40, bias=bias).double()
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     y = layer(x)
-    expected = F.linear(x, layer.weight, layer.bias)
+    rows = x.numel() // 24
+    # the configuration exercises the route it claims to
+    took_column = not f_linear_calls
+    assert took_column == (column and 0 < rows <= MAX_ROWS), (f_linear_calls, shape)
+    expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
     assert y.shape == expected.shape
     assert_close("values", y, expected, atol=1e-12)
     if x.numel():
@@ -27,23 +69,58 @@ def test_equals_nn_linear_values_and_gradients(shape, bias):
             assert_close(name, a, b, atol=1e-12)
 
 
-def test_few_rows_take_the_column_route():
-    """The route is really taken for a decoding step's rows (and not for a training batch): a
-    weight whose product through F.linear is poisoned shows which path ran."""
-    layer = Linear(8, 8)
-    calls = []
-    original = F.linear
+def test_column_product_is_exact_in_float32():
+    """The column route in the models' dtype: one row (padded with a zero column) and several."""
+    torch.manual_seed(0)
+    layer = Linear(616, 300)
+    for rows in (1, 2, 7):
+        x = torch.randn(rows, 616)
+        assert_close(f"{rows} rows", linear_module.column_product(x, layer.weight, layer.bias),
+                     F.linear(x, layer.weight, layer.bias), atol=1e-4)
 
-    def spy(*args, **kwargs):
-        calls.append(args[0].shape)
-        return original(*args, **kwargs)
 
-    torch.nn.functional.linear, saved = spy, F.linear
-    try:
+def test_the_choice_is_measured_once_per_shape_and_cached(monkeypatch, f_linear_calls):
+    measured = force_route(monkeypatch, True)
+    a, b = Linear(8, 16), Linear(8, 16)
+    for _ in range(3):
+        a(torch.randn(1, 8))
+        b(torch.randn(1, 8))  # same shape, another layer: the same decision
+    assert measured == [1]
+    a(torch.randn(2, 8))
+    a(torch.randn(MAX_ROWS + 1, 8))  # above MAX_ROWS: F.linear, nothing measured
+    assert measured == [1, 2]
+    assert f_linear_calls == [(MAX_ROWS + 1, 8)]
+    threads = torch.get_num_threads()
+    assert linear_module.route_decisions() == {(1, 8, 16, True, torch.float32, threads): True,
+                                               (2, 8, 16, True, torch.float32, threads): True}
+
+
+def test_a_slower_column_route_is_not_taken(monkeypatch, f_linear_calls):
+    force_route(monkeypatch, False)
+    Linear(8, 16)(torch.randn(1, 8))
+    assert f_linear_calls == [(1, 8)]
+
+
+def test_no_measurement_inside_a_flop_count_or_profile(monkeypatch, f_linear_calls):
+    """Timing inside FlopCounterMode or the profiler would add its products to theirs: F.linear runs and
+    the decision is left to a later call."""
+    measured = force_route(monkeypatch, True)
+    layer = Linear(8, 16)
+    with FlopCounterMode(display=False) as counter:
         layer(torch.randn(1, 8))
-        layer(torch.randn(MAX_ROWS, 8))
-        assert calls == []
-        layer(torch.randn(MAX_ROWS + 1, 8))
-        assert calls == [(MAX_ROWS + 1, 8)]
-    finally:
-        torch.nn.functional.linear = saved
+    assert counter.get_total_flops() == 2 * 8 * 16
+    with torch.profiler.profile():
+        layer(torch.randn(1, 8))
+    assert measured == [] and linear_module.route_decisions() == {}
+    assert f_linear_calls == [(1, 8), (1, 8)]
+    layer(torch.randn(1, 8))
+    assert measured == [1]
+
+
+def test_measurement_returns_a_decision():
+    """The real measurement (a small shape: milliseconds) answers with a bool; the decision is cached."""
+    layer = Linear(32, 48)
+    with torch.no_grad():
+        layer(torch.randn(1, 32))
+    (decision,) = linear_module.route_decisions().values()
+    assert isinstance(decision, bool)

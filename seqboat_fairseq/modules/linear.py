@@ -1,36 +1,104 @@
-"""``nn.Linear`` with a faster product for the few rows of a decoding step on the CPU.
+"""``nn.Linear`` that picks, by measurement on the machine at hand, the faster CPU product for few rows.
 
 A decoding step applies every projection to one row per sequence. For such inputs PyTorch's CPU
-``F.linear`` (``x @ W^T``) goes to MKL's matrix-vector path, which runs on one thread and, on the
-2-core AMD EPYC machines this project is measured on, at a third of the memory bandwidth: 535 us
-for the GAU's 616 -> 2592 projection at one row, 1,035 us at two. The same product written as
-``(W @ x^T)^T``, with at least two columns (a zero column is added to a single row), runs MKL's
-multi-threaded GEMM: 190 us at one row, 200 at two, and still faster at 64 rows
-(``python bench/linear_rows.py`` measures both on the machine at hand). Training and scoring
-inputs have thousands of rows and keep ``F.linear``, as do other devices. Same parameters, same
-state-dict keys, same result up to float rounding.
+``F.linear`` (``x @ W^T``) may go to a single-threaded matrix-vector product, and the same product
+written as ``(W @ x^T)^T`` (with at least two columns: a zero column is added to a single row) may
+go to a multi-threaded GEMM instead. Which one is faster depends on the CPU and its BLAS: on a
+2-core AMD EPYC the column route was 2.4x faster at one row of the 616 -> 2592 GAU projection, on a
+2-core Intel Xeon (AVX-512) 3.8x slower (``python bench/linear_rows.py`` measures both).
+
+So nothing is hard-coded: the first time a CPU input of ``rows <= MAX_ROWS`` rows meets a given
+(rows, in, out, bias, dtype, torch threads), both routes are timed on copies of that weight (enough
+copies to leave the cache, as the layers of a model do), interleaved, and the column route is kept only
+when it is at least ``MARGIN`` times faster; the decision is cached for the process
+(:func:`route_decisions`). A measurement costs milliseconds, happens once per shape (a model's first
+decoding step, i.e. a benchmark's warm-up), under ``torch.no_grad``, with no tensor-to-Python
+conversion (no host synchronisation); it is never made while a dispatch mode (``FlopCounterMode``),
+the profiler, tracing or compilation is active: then ``F.linear`` runs and nothing is cached. Other
+devices, other dtypes, and inputs above ``MAX_ROWS`` rows (training, scoring) always take ``F.linear``.
+Same parameters, same state-dict keys, same result up to float rounding.
 """
+
+import time
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-MAX_ROWS = 64  # up to here W @ x^T was faster on every row count measured (1 to 64)
+MAX_ROWS = 64  # above this, F.linear is a full GEMM already: nothing to choose
+MARGIN = 1.2  # the column route must beat F.linear by this factor (noise must not flip the choice)
+ROUNDS = 5  # interleaved timing rounds per route; the median is compared
+CACHE_BYTES = 40 * 2 ** 20  # the weight copies timed together exceed a large last-level cache
+MAX_COPIES = 8
+
+RouteKey = Tuple[int, int, int, bool, torch.dtype, int]
+_DECISIONS: Dict[RouteKey, bool] = {}  # key -> True: the column route is faster here
+
+
+def column_product(flat: Tensor, weight: Tensor, bias) -> Tensor:
+    """``flat (rows, in) -> (rows, out)`` as ``(W @ flat^T)^T`` (+ bias): a GEMM with >= 2 columns."""
+    rows = flat.size(0)
+    if rows == 1:  # one column would be a matrix-vector product again
+        flat = F.pad(flat, (0, 0, 0, 1))
+    out = torch.mm(weight, flat.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, flat.t())
+    return out[:, :rows].t()
+
+
+def route_decisions() -> Dict[RouteKey, bool]:
+    """A copy of the decisions made so far: ``(rows, in, out, bias, dtype, threads) -> column route?``."""
+    return dict(_DECISIONS)
+
+
+def clear_route_decisions() -> None:
+    """Forgets every decision (the next few-row call of each shape measures again)."""
+    _DECISIONS.clear()
+
+
+def _measuring_is_unsafe() -> bool:
+    """True while timing would pollute or break someone else's measurement or graph."""
+    return (torch._C._len_torch_dispatch_stack() > 0 or torch.autograd.profiler._is_profiler_enabled
+            or torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
+
+
+def measure_column_route(rows: int, weight: Tensor, bias) -> bool:
+    """Times ``F.linear`` and :func:`column_product` for ``rows`` rows of this weight's shape (median of
+    ``ROUNDS`` interleaved rounds, each over every copy of the weight); True if the column route is at
+    least ``MARGIN`` times faster."""
+    with torch.no_grad():
+        copies = max(1, min(MAX_COPIES, -(-CACHE_BYTES // max(weight.numel() * weight.element_size(), 1))))
+        weights = [weight.detach().clone() for _ in range(copies)]
+        biases = [None if bias is None else bias.detach().clone() for _ in range(copies)]
+        x = torch.randn(rows, weight.size(1), dtype=weight.dtype)
+        routes = (lambda w, b: F.linear(x, w, b), lambda w, b: column_product(x, w, b))
+        for route in routes:  # warm-up: first-call allocations and BLAS thread start-up
+            route(weights[0], biases[0])
+        times = ([], [])
+        for r in range(ROUNDS):
+            for i in (0, 1) if r % 2 == 0 else (1, 0):  # alternate the order: drifts hit both
+                start = time.perf_counter()
+                for w, b in zip(weights, biases):
+                    routes[i](w, b)
+                times[i].append(time.perf_counter() - start)
+    linear_s, column_s = (sorted(t)[len(t) // 2] for t in times)
+    return column_s * MARGIN <= linear_s
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` whose forward takes the column-GEMM route above for <= ``MAX_ROWS`` rows on
-    the CPU."""
+    """``nn.Linear`` whose CPU forward for <= ``MAX_ROWS`` rows takes the column-GEMM route where it was
+    measured to be faster for that shape (module docstring)."""
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // x.size(-1) if x.size(-1) else 0
         if x.device.type != "cpu" or rows == 0 or rows > MAX_ROWS or x.dtype != self.weight.dtype:
             return F.linear(x, self.weight, self.bias)
-        flat = x.reshape(rows, x.size(-1))
-        if rows == 1:  # one column would be MKL's matrix-vector path again
-            flat = F.pad(flat, (0, 0, 0, 1))
-        if self.bias is None:
-            out = torch.mm(self.weight, flat.t())
-        else:
-            out = torch.addmm(self.bias.unsqueeze(1), self.weight, flat.t())
-        return out[:, :rows].t().reshape(*x.shape[:-1], self.out_features)
+        key = (rows, self.in_features, self.out_features, self.bias is not None, x.dtype, torch.get_num_threads())
+        column = _DECISIONS.get(key)
+        if column is None:
+            if _measuring_is_unsafe():
+                return F.linear(x, self.weight, self.bias)
+            column = _DECISIONS[key] = measure_column_route(rows, self.weight, self.bias)
+        if not column:
+            return F.linear(x, self.weight, self.bias)
+        out = column_product(x.reshape(rows, x.size(-1)), self.weight, self.bias)
+        return out.reshape(*x.shape[:-1], self.out_features)
