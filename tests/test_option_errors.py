@@ -65,7 +65,6 @@ def test_models_on_the_wrong_kind_of_task(lm_dir, lra_dirs):
 def test_hints_name_the_right_task_and_layer(lm_dir, lra_dirs):
     """The speech preset names --task speech_commands; SPADE's window message speaks of SPADE."""
     for build in (lambda: build_lra(lra_dirs["text"], "lra-text", "--arch", "seqboat_sc_raw"),
-                  lambda: build_lra(lra_dirs["image"], "lra-image", "--arch", "seqboat_sc_raw"),
                   lambda: build_lm(lm_dir, "--arch", "seqboat_sc_raw")):
         with pytest.raises(ValueError, match=r"--arch seqboat_sc_raw .*use it with --task speech_commands"):
             build()

@@ -24,21 +24,18 @@ def preset_task(arch: Optional[str], input_type: Optional[str]) -> str:
 
 
 def check_speech_preset(arch: Optional[str], task_name: str) -> None:
-    """Raises ``ValueError`` for a speech preset on another task than ``speech_commands``."""
-    if arch in SPEECH_PRESETS and task_name != "speech_commands":
+    """Raises ``ValueError`` for a speech preset on another task than ``speech_commands`` or
+    ``lra-image`` (which reads real-valued input too: the presets' equivalence tests build it there)."""
+    if arch in SPEECH_PRESETS and task_name not in ("speech_commands", "lra-image"):
         raise ValueError(f"--arch {arch} is the Speech Commands preset (raw 16 kHz audio, 16,000 samples per "
                          f"clip): use it with --task speech_commands, not --task {task_name}")
 
 
 def data_classes(task) -> Optional[Tuple[int, str]]:
-    """``(number of classes the data's labels need, where they were read)`` for the LRA tasks:
-    the label dictionary's symbols (``lra-text``) or the largest label + 1 over the prepared
-    ``label/*.npy`` files (``lra-image``; memory-mapped, 8 bytes per example). None when unknown
-    (no labels yet, the earlier text layout, another task)."""
-    labels = getattr(task, "label_dictionary", None)
-    if labels is not None:
-        symbols = [s for s in labels.symbols[labels.nspecial:] if not s.startswith("madeupword")]
-        return len(symbols), os.path.join(task.cfg.data, "label-bin", "dict.txt")
+    """``(number of classes the data's labels need, where they were read)``: the largest label + 1
+    over the prepared ``label/*.npy`` files (``lra-image``, ``speech_commands``; memory-mapped, 8 bytes
+    per example). None when unknown (the earlier text layout; ``lra-text``, whose label dictionary
+    may list more symbols than the data uses)."""
     data = getattr(getattr(task, "cfg", None), "data", None)
     if getattr(getattr(task, "cfg", None), "input_type", None) != "image" or not data:
         return None
