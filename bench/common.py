@@ -287,7 +287,7 @@ def run_stamp() -> Dict:
     """Provenance shared by every record of this process: ``run_id``, ``script``, ``commit`` (short
     HEAD), ``lib`` (:func:`library_hash`: the library code that actually ran), ``dirty`` (uncommitted
     changes under ``seqboat_fairseq/`` or ``bench/``), ``date`` (UTC, ISO 8601), ``machine`` (CPU
-    model, cores, OS), ``torch`` version and ``command`` (the command line, from the repository root)."""
+    model, cores, OS, and the first GPU where CUDA is available), ``torch`` version and ``command`` (the command line, from the repository root)."""
     if _RUN_STAMP:
         return _RUN_STAMP
     import datetime
@@ -302,9 +302,12 @@ def run_stamp() -> Dict:
         except (OSError, subprocess.SubprocessError):
             return ""
 
+    gpu = ""
     try:
         import torch
         torch_version = torch.__version__
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)}"
     except ImportError:
         torch_version = None
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
@@ -316,7 +319,7 @@ def run_stamp() -> Dict:
         "lib": library_hash(),
         "dirty": bool(git("status", "--porcelain", "--", "seqboat_fairseq", "bench")),
         "date": now.isoformat().replace("+00:00", "Z"),
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}{gpu}",
         "torch": torch_version,
         "command": shlex.join(["python", script, *sys.argv[1:]]),
     })
@@ -324,7 +327,8 @@ def run_stamp() -> Dict:
 
 
 def save_record(record: Dict, directory=None) -> None:
-    """Appends ``{"run": run_stamp(), "load_1m": ..., "record": record}`` to ``<directory>/<script>.jsonl``
+    """Appends ``{"run": run_stamp(), "load_1m": ..., "record": record}`` (plus ``lib_now`` where the
+    library's hash is no longer the run's) to ``<directory>/<script>.jsonl``
     (``directory``: :func:`results_dir` by default; ``None`` there: nothing is written)."""
     directory = directory or results_dir()
     if directory is None:
@@ -333,8 +337,11 @@ def save_record(record: Dict, directory=None) -> None:
     os.makedirs(directory, exist_ok=True)
     # the machine's 1-minute load average when the record was made: on a shared machine, a record
     # taken while other processes ran is told apart (bench/report.py prints the run's maximum)
-    line = json.dumps({"run": stamp, "load_1m": round(os.getloadavg()[0], 2), "record": record},
-                      sort_keys=False) + "\n"
+    entry = {"run": stamp, "load_1m": round(os.getloadavg()[0], 2), "record": record}
+    lib = library_hash()
+    if lib != stamp["lib"]:  # the library was edited while this run went on: this record ran other code
+        entry["lib_now"] = lib
+    line = json.dumps(entry, sort_keys=False) + "\n"
     with open(os.path.join(directory, f"{stamp['script']}.jsonl"), "a") as f:
         f.write(line)  # one write of one line: records of concurrent runs never interleave
 

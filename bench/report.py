@@ -102,7 +102,12 @@ def provenance(entries):
              f"torch {run.get('torch')}"]
     if loads:
         parts.append(f"load average (1 min) while recording {min(loads)}-{max(loads)}")
-    return "Measured: " + ", ".join(parts) + "."
+    text = "Measured: " + ", ".join(parts) + "."
+    changed = sum(1 for e in entries if e.get("lib_now"))
+    if changed:
+        text += (f" **The library code changed during this run**: {changed} of {len(entries)} records ran "
+                 "other code than the run started with.")
+    return text
 
 
 # --------------------------------------------------------------------------- plots

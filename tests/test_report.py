@@ -50,6 +50,20 @@ def test_emit_stamps_each_record_with_its_run(stored):
     assert run["command"] == "python bench/linear_rows.py --rows 1,2"
     assert run["commit"] and run["lib"] and run["date"].endswith("Z") and "cores" in run["machine"]
     assert entry["record"] == {"bench": "linear_rows", "rows": 2, "f_linear_us": 5.0, "linear_us": 1.0, "threads": 1}
+    assert "lib_now" not in entry
+
+
+def test_a_record_made_after_the_library_changed_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv(common.RESULTS_ENV, str(tmp_path))
+    monkeypatch.setattr(common, "script_name", lambda: "fake")
+    common._RUN_STAMP.clear()
+    common.emit({"bench": "fake", "x": 1})
+    monkeypatch.setattr(common, "library_hash", lambda: "edited")
+    common.emit({"bench": "fake", "x": 2})
+    common._RUN_STAMP.clear()
+    first, second = (json.loads(line) for line in (tmp_path / "fake.jsonl").read_text().splitlines())
+    assert "lib_now" not in first and second["lib_now"] == "edited"
+    assert "changed during this run**: 1 of 2" in report.provenance([first, second])
 
 
 def test_no_results_are_saved_under_pytest_unless_asked(monkeypatch, tmp_path):
