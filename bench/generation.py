@@ -77,7 +77,12 @@ After the rows come ratio/summary lines (also ``BENCH`` lines, ``"bench":
 
 * SeqBoat ms/token (whole model) at the largest context / at the smallest context <= 1.2;
 * SeqBoat at least as fast as the Transformer at a 256-token context, and >= 10x faster at 16384;
-* SeqBoat decode-state memory constant in the context.
+* SeqBoat decode-state memory constant in the context;
+* SeqBoat <= 1 ms per layer step (``ms_per_token_layer``) at every context (``--max-layer-ms``).
+
+The header names the CPU model: few-row products take whichever CPU route ``modules/linear.py``
+measured to be faster on this machine (timed once per shape, in the first, untimed warm-up step;
+``linear_routes`` in every SeqBoat row lists the decisions).
 
 Memory-bound floor: a decoding step at batch 1 does little arithmetic per byte it reads, so its
 time is bounded below by ``bytes_read_per_layer_step`` (one layer's weights, plus SeqBoat's
@@ -122,8 +127,8 @@ PLUGIN_DIR = os.path.join(REPO_ROOT, "seqboat_fairseq")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (ContentionMeter, add_quiet_args, add_threads_seed_args, build_from_cli, emit,  # noqa: E402
-                    format_cell, format_table, median, parse_int_list, read_bandwidth_gbs, wait_until_quiet)
+from common import (ContentionMeter, add_quiet_args, add_threads_seed_args, build_from_cli, cpu_model,  # noqa: E402
+                    emit, format_cell, format_table, median, parse_int_list, read_bandwidth_gbs, wait_until_quiet)
 
 SEQBOAT_ARCH = "seqboat_lm_enwik8_base"
 MODELS = ("seqboat", "transformer", "upstream")
@@ -521,6 +526,7 @@ def get_parser():
                    help="always profile one SeqBoat step at the largest context (default: only if "
                         "the per-token time grows by more than 1.2x)")
     p.add_argument("--max-growth", type=float, default=1.2, help="target: ms/token(max ctx) / ms/token(min ctx)")
+    p.add_argument("--max-layer-ms", type=float, default=1.0, help="target: SeqBoat ms per layer step")
     return p
 
 
@@ -544,7 +550,7 @@ def main(argv=None):
     run_start = time.time()
     print(f"generation benchmark: contexts {contexts}, {args.layers} layers, batch {args.batch_size}, fp32, "
           f"eval, no_grad, {threads} threads, torch {torch.__version__}, {args.warmup} warm-up + "
-          f"{args.steps} timed steps (median)", flush=True)
+          f"{args.steps} timed steps (median); CPU: {cpu_model()} ({os.cpu_count()} cores)", flush=True)
 
     rows: List[Dict] = []
     quiet = Quiet(args)
@@ -589,7 +595,11 @@ def main(argv=None):
                 row["read_bandwidth_gbs"] = bandwidth
                 row["floor_ms_per_layer"] = row["bytes_read_per_layer_step"] / (bandwidth * 1e6)
                 if row["model"] == "seqboat":
-                    row.update(arch=SEQBOAT_ARCH, params=seqboat_params)
+                    from seqboat_fairseq.modules.linear import route_decisions
+
+                    row.update(arch=SEQBOAT_ARCH, params=seqboat_params, linear_routes=sorted(
+                        f"{rows}x{fin}->{fout}: {'column' if col else 'F.linear'}"
+                        for (rows, fin, fout, _, _, _), col in route_decisions().items()))
                 else:
                     row.update(arch="transformer_lm", params=transformer_params)
                 rows.append(row)
@@ -651,6 +661,12 @@ def main(argv=None):
                                 text=f"SeqBoat decode state per layer: {', '.join(str(s) for s in sorted(sizes))} "
                                      f"bytes at contexts {contexts} (target: constant)"))
         for c in contexts:
+            if ("seqboat", c) in by:
+                layer_ms = by["seqboat", c]["ms_per_token_layer"]
+                summary.append(dict(check="seqboat_layer_step_ms", context=c, value=layer_ms,
+                                    target=f"<= {args.max_layer_ms}", met=layer_ms <= args.max_layer_ms,
+                                    text=f"context {c:>6}: SeqBoat ms per layer step {layer_ms:.3f} "
+                                         f"(target <= {args.max_layer_ms})"))
             if ("seqboat", c) in by and ("transformer", c) in by:
                 s, t = by["seqboat", c], by["transformer", c]
                 speedup = t["ms_per_token_model"] / s["ms_per_token_model"]
@@ -674,7 +690,7 @@ def main(argv=None):
                                     text=f"context {c:>6}: upstream-style (emulated) / SeqBoat ms/token per "
                                          f"layer: {ratio:.1f}x"))
         for item in summary:
-            compared = {"speedup_vs_transformer": ("seqboat", "transformer"),
+            compared = {"speedup_vs_transformer": ("seqboat", "transformer"), "seqboat_layer_step_ms": ("seqboat",),
                         "speedup_vs_upstream_emulated": ("seqboat", "seqboat_upstream_emulated")}
             involved = [r for r in rows if r["context"] == item["context"] and r["model"] in compared[item["check"]]] \
                 if "context" in item else [r for r in rows if r["model"] == "seqboat"]

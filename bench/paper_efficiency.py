@@ -33,9 +33,22 @@ Ratios (one ``BENCH`` line each): ``speedup`` = baseline ms / SeqBoat ms, ``mem_
 baseline alloc_mb (the paper's conventions), beside the paper's numbers where it has them: vs MEGA-chunk,
 SC10 1.32x / 0.44x and enwik8 1.16x / 1.07x; vs the Transformer, LRA Text 10.4x / 0.05x (GPU figures).
 
+Where the time goes, per row (same worker, after the timed steps, same inputs and forced mask): ``gflop``,
+the matmul FLOPs of one step counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions
+and fused attention; elementwise work is not counted), and ``gflop_per_s`` = gflop / median step time; then
+one step under ``torch.profiler`` with the component labels of bench/profile_step.py (module hooks and
+wrappers from the bench side): CPU time split into MD-EMA / routing + compression / projections /
+attention / rest, as shares of the profiled step, and as ms (share x the median step time). The ratio table
+adds ``flop_ratio`` = baseline gflop / SeqBoat gflop (the speed-up the FLOPs allow) and ``of_flops`` =
+speedup / flop_ratio (the fraction of that speed-up reached). ``--seqboat-rate 0.1,0.25,0.5`` measures one
+SeqBoat row per forced rate (``router``: the untrained router decides) in one run; the target lines
+(``"bench": "paper_efficiency_target"``) check, against MEGA-chunk at each forced rate, of_flops >= 0.85 and,
+for SC10 at 25 %, speedup >= 1.3 and mem_ratio <= 0.5.
+
     python bench/paper_efficiency.py                      # the paper's shapes (long on 2 CPU cores, see bench/README.md)
     python bench/paper_efficiency.py --settings enwik8 --dim 256 --layers 4
     python bench/paper_efficiency.py --quick              # smoke run (< 1 min)
+    python bench/paper_efficiency.py --settings lra_text,sc10 --models seqboat,mega_chunk --seqboat-rate 0.1,0.25,0.5
 """
 
 import argparse
@@ -47,9 +60,10 @@ import tempfile
 from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (RESULT_PREFIX, ContentionMeter, code_revision, count_parameters, emit,  # noqa: E402
-                    format_table, median, peak_rss_mb, quiet_fairseq_logging, rss_mb, run_result_subprocess,
+from common import (RESULT_PREFIX, ContentionMeter, code_revision, count_parameters, cpu_model,  # noqa: E402
+                    emit, format_table, median, peak_rss_mb, quiet_fairseq_logging, rss_mb, run_result_subprocess,
                     setup_torch, timed_when_quiet, wait_until_quiet)
+from profile_step import COMPONENTS  # noqa: E402
 
 SETTINGS = ("lra_text", "sc10", "enwik8")
 MODELS = ("seqboat", "mega_chunk", "spade", "transformer")
@@ -72,6 +86,10 @@ ARCHS = {
                "spade": ["--arch", "spade_lm_enwik8_base"]},
 }
 TASKS = {"lra_text": "lra-text", "sc10": "lra-image", "enwik8": "language_modeling"}
+# targets of the forced-rate rows against MEGA-chunk: the fraction of the FLOP-allowed speed-up reached,
+# and the paper's SC10 point at a 25 % activation rate (speed-up, memory ratio)
+FLOP_FRACTION_TARGET = 0.85
+SC10_TARGET = (0.25, 1.3, 0.5)
 
 
 # --------------------------------------------------------------------------- model construction
@@ -256,6 +274,18 @@ def run_worker(args) -> Dict:
     peak = peak_rss_mb()
     model.zero_grad(set_to_none=True)
     alloc = cuda_allocated_peak_mb(step) if device.type == "cuda" else allocated_peak_mb(step)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False) as flop_counter:
+        step()
+    gflop = flop_counter.get_total_flops() / 1e9
+    split = None
+    if args.split:
+        from profile_step import profile_components
+
+        model.zero_grad(set_to_none=True)
+        split = profile_components(model, step)
     s = shape(setting, args)
     record = {
         "bench": "paper_efficiency", "setting": setting, "model": name, "seq_len": length, "batch_size": 1,
@@ -266,7 +296,13 @@ def run_worker(args) -> Dict:
         "alloc_mb": round(alloc, 1), "peak_mb": round(peak, 1), "base_mb": round(base_rss, 1),
         "delta_mb": round(peak - base_rss, 1), "loss": round(last["loss"], 4), "threads": threads,
         "repeats": args.repeats, "warmup": args.warmup, "device": args.device, "rev": code_revision(),
+        "gflop": round(gflop, 4), "gflop_per_s": round(gflop / (median(wall) / 1000.0), 3), "cpu": cpu_model(),
     }
+    if split is not None:
+        record["split_share"] = {c: round(split[c]["share"], 4) for c in COMPONENTS}
+        record["split_ms"] = {c: round(split[c]["share"] * record["ms"], 2) for c in COMPONENTS}
+        record["split_cpu_ms"] = {c: [round(split[c]["fwd_ms"], 2), round(split[c]["bwd_ms"], 2)] for c in COMPONENTS}
+        record["split_labelled"] = split["_found"]
     if record["act_rate"] is not None:
         record["act_rate"] = round(record["act_rate"], 4)
     if setting == "enwik8" and args.decode_steps > 0:
@@ -303,15 +339,16 @@ def decode(model, name: str, args, device) -> Dict:
 # --------------------------------------------------------------------------- driver
 WORKER_FLAGS = ("lra_len", "sc_len", "lm_len", "decode_context", "decode_steps", "decode_warmup", "repeats", "warmup",
                 "dim", "layers", "window", "z_dim", "threads", "seed", "device", "wait_quiet", "quiet_threshold",
-                "max_tries", "seqboat_rate")
+                "max_tries")  # and --seqboat-rate, one rate per worker
 
 
-def measure_row(args, setting: str, model: str) -> Dict:
+def measure_row(args, setting: str, model: str, rate: Optional[float] = None) -> Dict:
     if args.in_process:  # --quick: no subprocess start-up per row; RSS figures are then the whole run's
         try:
-            record = run_worker(argparse.Namespace(**{**vars(args), "setting": setting, "model": model}))
+            record = run_worker(argparse.Namespace(**{**vars(args), "setting": setting, "model": model,
+                                                      "seqboat_rate": rate}))
         except Exception as exc:  # noqa: BLE001  (reported as the row's error, as a failed subprocess)
-            return {"bench": "paper_efficiency", "setting": setting, "model": model,
+            return {"bench": "paper_efficiency", "setting": setting, "model": model, "forced_rate": rate,
                     "error": f"{type(exc).__name__}: {exc}"}
         record.update(in_process=True, peak_mb=None, base_mb=None, delta_mb=None)
         return record
@@ -319,43 +356,102 @@ def measure_row(args, setting: str, model: str) -> Dict:
     for name in WORKER_FLAGS:
         if getattr(args, name) is not None:
             cmd += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+    cmd += ["--seqboat-rate", str(rate)] if rate is not None else []
+    cmd += [] if args.split else ["--no-split"]
     if args.wait_quiet > 0:
         wait_until_quiet(args.wait_quiet, args.quiet_threshold, log=lambda m: print(m, flush=True))
-    return run_result_subprocess(cmd, args.timeout, {"bench": "paper_efficiency", "setting": setting, "model": model})
+    return run_result_subprocess(cmd, args.timeout, {"bench": "paper_efficiency", "setting": setting, "model": model,
+                                                     "forced_rate": rate})
 
 
-def run_row(args, setting: str, model: str) -> Dict:
+def run_row(args, setting: str, model: str, rate: Optional[float] = None) -> Dict:
     """One row, measured (subprocess or in-process) and emitted as a BENCH line."""
-    record = measure_row(args, setting, model)
+    record = measure_row(args, setting, model, rate)
     emit(record)
     return record
 
 
+def row_label(r: Dict) -> str:
+    """``seqboat@25%`` for a forced-rate SeqBoat row, else the model."""
+    rate = r.get("forced_rate")
+    return r["model"] if rate is None else f"{r['model']}@{100 * rate:g}%"
+
+
 def table_row(r: Dict, threshold: float) -> List:
     if "error" in r:
-        return [r["setting"], r["model"], *[None] * 10, r["error"][:70]]
-    return [r["setting"], r["model"], r["seq_len"], r["dim"], r["layers"], r["params"], r["act_rate"], r["ms"],
-            r["alloc_mb"], r["delta_mb"], r.get("decode_ms_per_token"), r["other_cores"],
-            "DISTURBED" if r["other_cores"] >= threshold else ""]
+        return [r["setting"], row_label(r), *[None] * 12, r["error"][:70]]
+    return [r["setting"], row_label(r), r["seq_len"], r["dim"], r["layers"], r["params"], r["act_rate"], r["ms"],
+            r.get("gflop"), r.get("gflop_per_s"), r["alloc_mb"], r["delta_mb"], r.get("decode_ms_per_token"),
+            r["other_cores"], "DISTURBED" if r["other_cores"] >= threshold else ""]
+
+
+def split_row(r: Dict) -> List:
+    ms, share = r["split_ms"], r["split_share"]
+    return [r["setting"], row_label(r), r["ms"], *[f"{ms[c]:.0f} ({100 * share[c]:.0f}%)" for c in COMPONENTS]]
 
 
 def ratio_records(records: List[Dict]) -> List[Dict]:
-    by = {(r["setting"], r["model"]): r for r in records if "error" not in r}
+    """SeqBoat (every row of it: one per forced rate) against each baseline of its setting."""
+    ok = [r for r in records if "error" not in r]
     out = []
-    for (setting, model), r in by.items():
-        sb = by.get((setting, "seqboat"))
-        if model == "seqboat" or sb is None:
-            continue
-        paper = PAPER.get((setting, model))
-        x = {"bench": "paper_efficiency_ratio", "setting": setting, "model": "seqboat", "baseline": model,
-             "seq_len": sb["seq_len"], "speedup": round(r["ms"] / sb["ms"], 3),
-             "mem_ratio": round(sb["alloc_mb"] / r["alloc_mb"], 3) if r["alloc_mb"] > 0 else None,
-             "paper_speedup": paper and paper[0], "paper_mem_ratio": paper and paper[1],
-             "disturbed": max(sb["other_cores"], r["other_cores"]) >= 0.25}
-        if sb.get("decode_ms_per_token") and r.get("decode_ms_per_token"):
-            x["decode_speedup"] = round(r["decode_ms_per_token"] / sb["decode_ms_per_token"], 3)
-        out.append(x)
+    for sb in (r for r in ok if r["model"] == "seqboat"):
+        for r in (x for x in ok if x["setting"] == sb["setting"] and x["model"] != "seqboat"):
+            setting, model = sb["setting"], r["model"]
+            paper = PAPER.get((setting, model))
+            x = {"bench": "paper_efficiency_ratio", "setting": setting, "model": "seqboat", "baseline": model,
+                 "forced_rate": sb.get("forced_rate"), "act_rate": sb["act_rate"],
+                 "seq_len": sb["seq_len"], "speedup": round(r["ms"] / sb["ms"], 3),
+                 "mem_ratio": round(sb["alloc_mb"] / r["alloc_mb"], 3) if r["alloc_mb"] > 0 else None,
+                 "paper_speedup": paper and paper[0], "paper_mem_ratio": paper and paper[1],
+                 "disturbed": max(sb["other_cores"], r["other_cores"]) >= 0.25}
+            if sb.get("gflop") and r.get("gflop"):
+                x["flop_ratio"] = round(r["gflop"] / sb["gflop"], 3)
+                x["of_flops"] = round(x["speedup"] / x["flop_ratio"], 3)  # fraction of the FLOP-allowed speed-up
+            if sb.get("decode_ms_per_token") and r.get("decode_ms_per_token"):
+                x["decode_speedup"] = round(r["decode_ms_per_token"] / sb["decode_ms_per_token"], 3)
+            out.append(x)
     return out
+
+
+def target_records(ratios: List[Dict]) -> List[Dict]:
+    """The forced-rate targets against MEGA-chunk (module docstring)."""
+    out = []
+    for x in ratios:
+        if x["baseline"] != "mega_chunk" or x["forced_rate"] is None or "of_flops" not in x:
+            continue
+        base = {"bench": "paper_efficiency_target", "setting": x["setting"], "forced_rate": x["forced_rate"],
+                "disturbed": x["disturbed"]}
+        out.append({**base, "check": "of_flops", "value": x["of_flops"], "target": f">= {FLOP_FRACTION_TARGET}",
+                    "met": x["of_flops"] >= FLOP_FRACTION_TARGET})
+        rate, speed, mem = SC10_TARGET
+        if x["setting"] == "sc10" and abs(x["forced_rate"] - rate) < 1e-9:
+            out.append({**base, "check": "speedup", "value": x["speedup"], "target": f">= {speed}",
+                        "met": x["speedup"] >= speed})
+            out.append({**base, "check": "mem_ratio", "value": x["mem_ratio"], "target": f"<= {mem}",
+                        "met": x["mem_ratio"] is not None and x["mem_ratio"] <= mem})
+    return out
+
+
+def parse_rates(text: Optional[str]) -> List[Optional[float]]:
+    """``--seqboat-rate``: comma-separated fractions in (0, 1], ``router`` for the router's own decisions."""
+    if text is None:
+        return [None]
+    rates = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        if item == "router":
+            rates.append(None)
+            continue
+        try:
+            rate = float(item)
+        except ValueError:
+            rate = -1.0
+        if not 0.0 < rate <= 1.0:
+            raise SystemExit(f"error: --seqboat-rate: expected comma-separated fractions in (0, 1] or 'router', "
+                             f"got {item!r}")
+        rates.append(rate)
+    if not rates:
+        raise SystemExit("error: --seqboat-rate: expected at least one rate")
+    return rates
 
 
 def get_parser():
@@ -386,10 +482,15 @@ def get_parser():
     p.add_argument("--max-tries", type=int, default=3, help="re-time a disturbed step up to this many calls")
     p.add_argument("--in-process", action="store_true", help="run every row in this process (default with "
                    "--quick): no subprocess start-up per row, but no per-row RSS (delta_mb)")
-    p.add_argument("--seqboat-rate", type=float, default=None,
+    p.add_argument("--seqboat-rate", default=None,
                    help="force the SeqBoat rows' routers to activate this fraction of the tokens in the training "
                         "steps (a random mask, as bench/activation_rate.py; the gate stays the router's own): the "
-                        "untrained router activates ~50-70 %%, a trained one fewer. Default: the router decides")
+                        "untrained router activates ~50-70 %%, a trained one fewer. A comma-separated list gives one "
+                        "SeqBoat row per rate ('router': the router decides), e.g. 0.1,0.25,0.5. Default: the router "
+                        "decides")
+    p.add_argument("--no-split", dest="split", action="store_false",
+                   help="skip the profiled step of each row (the MD-EMA / routing / projections / attention / rest "
+                        "split)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--setting", default=None, help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -407,8 +508,10 @@ def main(argv=None) -> int:
         args.in_process = True
         args.threads = args.threads or 1  # a 2-thread pool on a shared machine is far noisier than one thread
     if args.worker:
+        args.seqboat_rate = parse_rates(args.seqboat_rate)[0]
         print(RESULT_PREFIX + json.dumps(run_worker(args)), flush=True)
         return 0
+    rates = parse_rates(args.seqboat_rate)
     settings = [s for s in args.settings.split(",") if s]
     models = [m for m in args.models.split(",") if m]
     for flag, given, allowed in (("--settings", settings, SETTINGS), ("--models", models, MODELS)):
@@ -420,25 +523,43 @@ def main(argv=None) -> int:
     print(f"# paper_efficiency: fwd+bwd, batch 1, dropout 0; {shapes}"
           f"{' (REDUCED from the paper: --dim/--layers/--window/--z-dim)' if overridden(args) else ' (paper shapes)'}; "
           f"decode ctx {args.decode_context} x {args.decode_steps} steps; threads "
-          f"{args.threads or os.cpu_count()}; repeats {args.repeats} (median); code {start_rev}", flush=True)
-    records = [run_row(args, setting, model) for setting in settings for model in models]
+          f"{args.threads or os.cpu_count()}; repeats {args.repeats} (median); SeqBoat rates "
+          f"{', '.join('router' if r is None else f'{r:g}' for r in rates)}; code {start_rev}; "
+          f"CPU: {cpu_model()} ({os.cpu_count()} cores)", flush=True)
+    records = [run_row(args, setting, model, rate) for setting in settings for model in models
+               for rate in (rates if model == "seqboat" else [None])]
     rows = [table_row(r, args.quiet_threshold) for r in records]
     print()
-    print(format_table(["setting", "model", "L", "D", "layers", "params", "act_rate", "ms/step", "alloc_mb",
-                        "delta_mb", "decode ms/tok", "others", "note"], rows,
-                       title="Training step (fwd+bwd, batch 1) and decoding, median of repeats"))
+    print(format_table(["setting", "model", "L", "D", "layers", "params", "act_rate", "ms/step", "GFLOP",
+                        "GFLOP/s", "alloc_mb", "delta_mb", "decode ms/tok", "others", "note"], rows,
+                       title="Training step (fwd+bwd, batch 1) and decoding, median of repeats; GFLOP: matmul "
+                             "FLOPs of one step (FlopCounterMode)"))
+    split = [split_row(r) for r in records if "split_ms" in r]
+    if split:
+        print()
+        print(format_table(["setting", "model", "ms/step", *COMPONENTS], split,
+                           title="Where the time goes: ms (share) of a step by component, from one profiled step "
+                                 "(bench/profile_step.py's labels; share x median ms/step)"))
     ratios = ratio_records(records)
     if ratios:
         print()
-        print(format_table(["setting", "seqboat vs", "speedup", "paper", "mem_ratio", "paper", "decode speedup",
-                            "note"],
-                           [[x["setting"], x["baseline"], x["speedup"], x["paper_speedup"], x["mem_ratio"],
-                             x["paper_mem_ratio"], x.get("decode_speedup"), "DISTURBED" if x["disturbed"] else ""]
-                            for x in ratios],
-                           title="SeqBoat vs baselines (speedup = baseline ms / SeqBoat ms; mem_ratio = SeqBoat "
+        print(format_table(["setting", "seqboat", "vs", "speedup", "flop_ratio", "of_flops", "paper", "mem_ratio",
+                            "paper", "decode speedup", "note"],
+                           [[x["setting"], "router" if x["forced_rate"] is None else f"@{100 * x['forced_rate']:g}%",
+                             x["baseline"], x["speedup"], x.get("flop_ratio"), x.get("of_flops"), x["paper_speedup"],
+                             x["mem_ratio"], x["paper_mem_ratio"], x.get("decode_speedup"),
+                             "DISTURBED" if x["disturbed"] else ""] for x in ratios],
+                           title="SeqBoat vs baselines (speedup = baseline ms / SeqBoat ms; flop_ratio = baseline "
+                                 "GFLOP / SeqBoat GFLOP; of_flops = speedup / flop_ratio; mem_ratio = SeqBoat "
                                  "alloc_mb / baseline alloc_mb; paper: GPU, the paper's shapes)"))
         for x in ratios:
             emit(x)
+        targets = target_records(ratios)
+        for t in targets:
+            print(f"target {t['setting']} @{100 * t['forced_rate']:g}% vs mega_chunk: {t['check']} {t['value']} "
+                  f"(target {t['target']}) {'[target met]' if t['met'] else '[TARGET NOT MET]'}"
+                  f"{'  (timings disturbed by other processes)' if t['disturbed'] else ''}")
+            emit(t)
     libs = {r["rev"].split("lib:")[-1] for r in records if "rev" in r} | {start_rev.split("lib:")[-1]}
     if len(libs) > 1:
         print(f"# WARNING: the library code changed during the run (lib hashes {', '.join(sorted(libs))})")

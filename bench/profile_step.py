@@ -8,7 +8,11 @@ steps, then profiles one forward + backward and prints
    (or ``fairseq/``, ``torch/nn``) of the Python stack that issued each forward op; a
    backward node is charged to the frame of the forward op that created it (matched by
    the autograd sequence number). Times are self CPU of the ops (forward) and inclusive CPU
-   of each backward node, in ms summed over threads.
+   of each backward node, in ms summed over threads;
+3. the same time split into the model's components (:data:`COMPONENTS`: MD-EMA, routing + compression,
+   projections, attention, rest), labelled from the bench side (:func:`component_labels`: module hooks and
+   wrappers installed for the profiled step only; the library is not edited). bench/paper_efficiency.py
+   prints this split for each of its rows.
 
 Run from the repository root::
 
@@ -17,13 +21,16 @@ Run from the repository root::
 
 import argparse
 import collections
+import contextlib
 import os
 import sys
 import time
+from typing import Dict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    MODEL_KINDS, REPO_ROOT, add_profile_args, add_quiet_args, build_model, code_revision, lm_loss_backward,
+    MODEL_KINDS, REPO_ROOT, add_profile_args, add_quiet_args, build_model, code_revision, cpu_model,
+    lm_loss_backward,
     random_tokens, resolve_model_shape, setup_torch, wait_until_quiet,
 )
 
@@ -74,6 +81,147 @@ def source_frame(event, cache) -> str:
     return result
 
 
+# --------------------------------------------------------------------------- component split
+# (component, what it covers); "rest": everything not inside a labelled part (embedding, norms, the
+# always-on path and residuals, the output layer and loss, the FFN, layout copies between the parts)
+COMPONENTS = ("md_ema", "routing", "projections", "attention", "rest")
+COMPONENT_HELP = {
+    "md_ema": "MultiHeadEMA modules (forward and their backward nodes)",
+    "routing": "the router (LatentConfigurator) and the GAU's plan_compression / compress / extract",
+    "projections": "GatedAttentionUnit.project (in_proj, SiLU, q/k, rotary) and .output (gated out_proj); "
+                   "the layers' hx_proj",
+    "attention": "local_attention of the GAU (windowed / chunked / full); Transformers: their MultiheadAttention "
+                 "modules (projections included)",
+    "rest": "every other op",
+}
+LABEL_PREFIX = "component::"
+
+
+@contextlib.contextmanager
+def component_labels(model):
+    """Inside the block, the parts of ``model`` named in :data:`COMPONENT_HELP` run inside
+    ``record_function("component::<name>")`` ranges (module hooks, instance-level method wrappers and
+    wrappers of the GAU module's functions), so a profile attributes their ops (:func:`component_split`).
+    Yields the set of components that were found in the model. Everything is restored on exit."""
+    from torch.autograd.profiler import record_function
+
+    import seqboat_fairseq.modules.gau as gau_module
+
+    found, handles, restore = set(), [], []
+
+    def wrap(fn, component):
+        def wrapped(*args, **kwargs):
+            with record_function(LABEL_PREFIX + component):
+                return fn(*args, **kwargs)
+        return wrapped
+
+    def hook(module, component):
+        ranges = []
+
+        def enter(*_):
+            ranges.append(record_function(LABEL_PREFIX + component))
+            ranges[-1].__enter__()
+
+        def leave(*_):
+            ranges.pop().__exit__(None, None, None)
+
+        handles.extend([module.register_forward_pre_hook(enter), module.register_forward_hook(leave)])
+        found.add(component)
+
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if kind == "MultiHeadEMA":
+            hook(module, "md_ema")
+        elif kind == "LatentConfigurator":
+            hook(module, "routing")
+        elif kind == "MultiheadAttention":  # torch's and fairseq's
+            hook(module, "attention")
+        elif name.endswith("hx_proj"):
+            hook(module, "projections")
+        elif kind == "GatedAttentionUnit":
+            for method in ("project", "output"):
+                if hasattr(module, method):
+                    setattr(module, method, wrap(getattr(module, method), "projections"))
+                    restore.append((module, method, None))
+                    found.add("projections")
+    if any(type(m).__name__ == "GatedAttentionUnit" for m in model.modules()):
+        for fn_name, component in (("plan_compression", "routing"), ("compress", "routing"),
+                                   ("extract", "routing"), ("local_attention", "attention")):
+            if hasattr(gau_module, fn_name):
+                restore.append((gau_module, fn_name, getattr(gau_module, fn_name)))
+                setattr(gau_module, fn_name, wrap(getattr(gau_module, fn_name), component))
+                found.add(component)
+    try:
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
+        for owner, attr, original in reversed(restore):
+            if original is None:
+                delattr(owner, attr)  # the instance wrapper goes, the class method shows again
+            else:
+                setattr(owner, attr, original)
+
+
+def component_of(event, cache) -> str:
+    """The component label innermost around an op (``rest`` if none)."""
+    if event.id in cache:
+        return cache[event.id]
+    parent, result = event.cpu_parent, "rest"
+    while parent is not None:
+        if parent.name.startswith(LABEL_PREFIX):
+            result = parent.name[len(LABEL_PREFIX):]
+            break
+        parent = parent.cpu_parent
+    cache[event.id] = result
+    return result
+
+
+def component_split(events) -> Dict[str, Dict[str, float]]:
+    """``{component: {"fwd_ms", "bwd_ms"}}`` of a profiled step's events (under :func:`component_labels`):
+    forward = self CPU time of the aten ops inside the component's ranges; backward = inclusive CPU time of
+    each backward node, charged to the component of the forward op that created it (autograd sequence
+    number), as in this script's source-function table."""
+    split = {c: {"fwd_ms": 0.0, "bwd_ms": 0.0} for c in COMPONENTS}
+    in_backward, comp_of_seq, cache = set(), {}, {}
+    for ev in events:
+        if ev.name.startswith("autograd::engine::evaluate_function:"):
+            stack = list(ev.cpu_children)
+            while stack:
+                child = stack.pop()
+                in_backward.add(child.id)
+                stack.extend(child.cpu_children)
+    for ev in events:
+        if ev.id in in_backward or ev.name.startswith("autograd::engine::evaluate_function:"):
+            continue
+        if ev.sequence_nr is not None and ev.sequence_nr >= 0:
+            comp_of_seq.setdefault(ev.sequence_nr, component_of(ev, cache))
+        if ev.name.startswith("aten::"):
+            split.setdefault(component_of(ev, cache), {"fwd_ms": 0.0, "bwd_ms": 0.0})["fwd_ms"] += \
+                ev.self_cpu_time_total / 1000.0
+    for ev in events:
+        if ev.name.startswith("autograd::engine::evaluate_function:") and ev.sequence_nr is not None:
+            split[comp_of_seq.get(ev.sequence_nr, "rest")]["bwd_ms"] += ev.cpu_time_total / 1000.0
+    return split
+
+
+def profile_components(model, step) -> Dict[str, Dict[str, float]]:
+    """Runs ``step()`` once under the profiler with :func:`component_labels` and returns
+    :func:`component_split` plus, per component, ``share`` (of the labelled + rest CPU time) and the
+    set of components found in the model under ``"_found"``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with component_labels(model) as found:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+    split = component_split(prof.events())
+    total = sum(v["fwd_ms"] + v["bwd_ms"] for v in split.values())
+    for v in split.values():
+        v["share"] = (v["fwd_ms"] + v["bwd_ms"]) / total if total > 0 else float("nan")
+    split["_found"] = sorted(found)
+    return split
+
+
 def main():
     args = resolve_model_shape(get_parser().parse_args())
     setup_torch(args.threads, args.seed)
@@ -96,12 +244,13 @@ def main():
         step()
     wall = (time.perf_counter() - start) * 1000.0
     print(f"# profiled one fwd+bwd step of {args.model} at L={args.seq_len}: {wall:.0f} ms wall (with profiler); "
-          f"code revision {code_revision()}")
+          f"code revision {code_revision()}; CPU: {cpu_model()} ({os.cpu_count()} cores)")
 
     print(prof.key_averages(group_by_input_shape=True).table(
         sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=28, max_shapes_column_width=70))
 
     events = prof.events()
+    split_step = profile_components(model, step)
     frame_of_seq, cache = {}, {}
     forward = collections.Counter()
     backward = collections.Counter()
@@ -130,6 +279,11 @@ def main():
     for f in frames[: args.top]:
         print(f"{forward[f]:9.1f} {backward[f]:9.1f} {100 * (forward[f] + backward[f]) / max(total, 1e-9):5.1f}%  "
               f"{f.replace(REPO_ROOT + os.sep, '')}")
+    print("\nCPU ms by component (a second profiled step, with component labels)")
+    print(f"{'fwd_ms':>9} {'bwd_ms':>9} {'share':>6}  component")
+    for c in COMPONENTS:
+        v = split_step[c]
+        print(f"{v['fwd_ms']:9.1f} {v['bwd_ms']:9.1f} {100 * v['share']:5.1f}%  {c}: {COMPONENT_HELP[c]}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """modules/linear.py: both CPU routes for few rows equal nn.Linear, the route is chosen by measuring on
-this machine once per shape (cached), and never while someone else is measuring."""
+this machine once per shape and row bucket (cached), never with gradients on, and never while someone
+else is measuring."""
 
 import pytest
 import torch
@@ -48,18 +49,32 @@ def force_route(monkeypatch, column: bool):
 @pytest.mark.parametrize("shape", [(1, 24), (2, 24), (3, 1, 24), (1, 1, 24), (MAX_ROWS, 24), (MAX_ROWS + 1, 24),
                                    (4, 5, 24), (0, 24)], ids=str)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-def test_both_routes_equal_nn_linear_values_and_gradients(shape, bias, column, monkeypatch, f_linear_calls):
+def test_both_routes_equal_nn_linear(shape, bias, column, monkeypatch, f_linear_calls):
     force_route(monkeypatch, column)
     torch.manual_seed(0)
     layer = Linear(24, 40, bias=bias).double()
-    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
-    y = layer(x)
+    x = torch.randn(*shape, dtype=torch.float64)
+    with torch.no_grad():
+        y = layer(x)
     rows = x.numel() // 24
     # the configuration exercises the route it claims to
     took_column = not f_linear_calls
     assert took_column == (column and 0 < rows <= MAX_ROWS), (f_linear_calls, shape)
-    expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    expected = F.linear(x, layer.weight, layer.bias)
     assert y.shape == expected.shape
+    assert_close("values", y, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1, 24), (3, 1, 24), (MAX_ROWS + 1, 24)], ids=str)
+def test_with_gradients_on_f_linear_runs(shape, monkeypatch, f_linear_calls):
+    """Training never measures nor takes the column route, whatever a measurement would say."""
+    measured = force_route(monkeypatch, True)
+    torch.manual_seed(0)
+    layer = Linear(24, 40).double()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    assert f_linear_calls == [tuple(shape)] and measured == []
+    expected = F.linear(x, layer.weight, layer.bias)
     assert_close("values", y, expected, atol=1e-12)
     if x.numel():
         g = torch.randn_like(y)
@@ -79,6 +94,7 @@ def test_column_product_is_exact_in_float32():
                      F.linear(x, layer.weight, layer.bias), atol=1e-4)
 
 
+@torch.no_grad()
 def test_the_choice_is_measured_once_per_shape_and_cached(monkeypatch, f_linear_calls):
     measured = force_route(monkeypatch, True)
     a, b = Linear(8, 16), Linear(8, 16)
@@ -87,20 +103,24 @@ def test_the_choice_is_measured_once_per_shape_and_cached(monkeypatch, f_linear_
         b(torch.randn(1, 8))  # same shape, another layer: the same decision
     assert measured == [1]
     a(torch.randn(2, 8))
+    a(torch.randn(3, 8))  # rows 3 and 4 share the bucket 4, measured at 4 rows
+    a(torch.randn(4, 8))
     a(torch.randn(MAX_ROWS + 1, 8))  # above MAX_ROWS: F.linear, nothing measured
-    assert measured == [1, 2]
+    assert measured == [1, 2, 4]
     assert f_linear_calls == [(MAX_ROWS + 1, 8)]
     threads = torch.get_num_threads()
-    assert linear_module.route_decisions() == {(1, 8, 16, True, torch.float32, threads): True,
-                                               (2, 8, 16, True, torch.float32, threads): True}
+    assert linear_module.route_decisions() == {(r, 8, 16, True, torch.float32, threads): True for r in (1, 2, 4)}
+    assert [linear_module.row_bucket(r) for r in (1, 2, 3, 4, 5, 33, 64)] == [1, 2, 4, 4, 8, 64, 64]
 
 
+@torch.no_grad()
 def test_a_slower_column_route_is_not_taken(monkeypatch, f_linear_calls):
     force_route(monkeypatch, False)
     Linear(8, 16)(torch.randn(1, 8))
     assert f_linear_calls == [(1, 8)]
 
 
+@torch.no_grad()
 def test_no_measurement_inside_a_flop_count_or_profile(monkeypatch, f_linear_calls):
     """Timing inside FlopCounterMode or the profiler would add its products to theirs: F.linear runs and
     the decision is left to a later call."""

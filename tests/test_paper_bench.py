@@ -37,14 +37,52 @@ def test_paper_efficiency_quick():
             assert r["act_rate"] == 1.0, r  # no router: every token is active
         if r["setting"] == "enwik8":
             assert r["decode_ms_per_token"] > 0, r
+        # where the time goes: FLOPs of the same step, and a profiled split whose shares cover the step
+        assert r["gflop"] > 0 and r["gflop_per_s"] > 0, r
+        assert set(r["split_share"]) == {"md_ema", "routing", "projections", "attention", "rest"}, r
+        assert abs(sum(r["split_share"].values()) - 1) < 0.01, r
+        labelled = {c for c, share in r["split_share"].items() if share > 0}
+        expected = {"attention"} if r["model"] == "transformer" else {"md_ema", "projections", "attention"}
+        assert expected <= labelled and expected <= set(r["split_labelled"]), r
+        if r["model"] == "seqboat":
+            assert "routing" in labelled, r  # the router and the compression ran and were attributed
         if r["model"] == "spade":  # FFN re-solved for SeqBoat's parameter count at the reduced width
             seqboat = next(x for x in rows if x["setting"] == r["setting"] and x["model"] == "seqboat")
             assert abs(r["params"] / seqboat["params"] - 1) < 0.01, (r, seqboat)
     ratios = {(r["setting"], r["baseline"]): r for r in records if r["bench"] == "paper_efficiency_ratio"}
     assert len(ratios) == 9
+    for x in ratios.values():
+        assert x["flop_ratio"] > 0 and x["of_flops"] == pytest.approx(x["speedup"] / x["flop_ratio"], rel=0.01), x
     assert (ratios["sc10", "mega_chunk"]["paper_speedup"], ratios["sc10", "mega_chunk"]["paper_mem_ratio"]) == (1.32, 0.44)
     assert ratios["lra_text", "transformer"]["paper_speedup"] == 10.4
     assert "REDUCED" in proc.stdout and "SeqBoat vs baselines" in proc.stdout
+
+
+@pytest.mark.slow
+def test_paper_efficiency_forced_rates_in_one_run():
+    """--seqboat-rate with a list: one SeqBoat row per rate (the router's own with 'router'), each forced to
+    exactly its rate; fewer active tokens, fewer FLOPs; target lines against MEGA-chunk per forced rate."""
+    proc, records = _run("paper_efficiency.py", "--quick", "--settings", "sc10", "--models", "seqboat,mega_chunk",
+                         "--seqboat-rate", "router,0.1,0.5", "--decode-steps", "0", "--no-split")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    rows = {r["forced_rate"]: r for r in records if r["bench"] == "paper_efficiency" and r["model"] == "seqboat"}
+    assert set(rows) == {None, 0.1, 0.5}
+    assert rows[0.1]["act_rate"] == pytest.approx(0.1, abs=0.002) and rows[0.5]["act_rate"] == pytest.approx(0.5)
+    assert rows[0.1]["gflop"] < rows[0.5]["gflop"]
+    assert all("split_share" not in r for r in rows.values())  # --no-split
+    ratios = [r for r in records if r["bench"] == "paper_efficiency_ratio"]
+    assert sorted(str(r["forced_rate"]) for r in ratios) == ["0.1", "0.5", "None"]
+    targets = [r for r in records if r["bench"] == "paper_efficiency_target"]
+    assert {(t["forced_rate"], t["check"]) for t in targets} == {(0.1, "of_flops"), (0.5, "of_flops")}
+    assert "seqboat@10%" in proc.stdout
+
+
+@pytest.mark.parametrize("rate", ["0", "1.5", "half", ","])
+def test_paper_efficiency_refuses_a_bad_rate(rate):
+    proc, records = _run("paper_efficiency.py", "--seqboat-rate", rate, timeout=60)
+    assert proc.returncode != 0 and not records
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --seqboat-rate"), proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow

@@ -7,16 +7,18 @@ go to a multi-threaded GEMM instead. Which one is faster depends on the CPU and 
 2-core AMD EPYC the column route was 2.4x faster at one row of the 616 -> 2592 GAU projection, on a
 2-core Intel Xeon (AVX-512) 3.8x slower (``python bench/linear_rows.py`` measures both).
 
-So nothing is hard-coded: the first time a CPU input of ``rows <= MAX_ROWS`` rows meets a given
-(rows, in, out, bias, dtype, torch threads), both routes are timed on copies of that weight (enough
-copies to leave the cache, as the layers of a model do), interleaved, and the column route is kept only
-when it is at least ``MARGIN`` times faster; the decision is cached for the process
-(:func:`route_decisions`). A measurement costs milliseconds, happens once per shape (a model's first
-decoding step, i.e. a benchmark's warm-up), under ``torch.no_grad``, with no tensor-to-Python
-conversion (no host synchronisation); it is never made while a dispatch mode (``FlopCounterMode``),
-the profiler, tracing or compilation is active: then ``F.linear`` runs and nothing is cached. Other
-devices, other dtypes, and inputs above ``MAX_ROWS`` rows (training, scoring) always take ``F.linear``.
-Same parameters, same state-dict keys, same result up to float rounding.
+So nothing is hard-coded: the first time a CPU input of ``rows <= MAX_ROWS`` rows, with gradients
+off (decoding, generation), meets a given (row bucket, in, out, bias, dtype, torch threads), where the
+bucket is ``rows`` rounded up to a power of two, both routes are timed at the bucket's row count on
+copies of that weight (enough copies to leave the cache, as the layers of a model do), interleaved,
+and the column route is kept only when it is at least ``MARGIN`` times faster; the decision is cached
+for the process (:func:`route_decisions`): at most 7 measurements per weight shape. A measurement
+costs a few ms to tens of ms (more on a busy machine), happens in a model's first decoding step (a
+benchmark's warm-up), with no tensor-to-Python conversion (no host synchronisation); it is never made
+while a dispatch mode (``FlopCounterMode``), the profiler, tracing or compilation is active: then
+``F.linear`` runs and nothing is cached. Other devices, other dtypes, inputs above ``MAX_ROWS`` rows
+and every call with gradients on (training) take ``F.linear``. Same parameters, same state-dict keys,
+same result up to float rounding.
 """
 
 import time
@@ -36,6 +38,11 @@ RouteKey = Tuple[int, int, int, bool, torch.dtype, int]
 _DECISIONS: Dict[RouteKey, bool] = {}  # key -> True: the column route is faster here
 
 
+def row_bucket(rows: int) -> int:
+    """``rows`` rounded up to a power of two: the row count a decision is measured at and cached for."""
+    return 1 << (rows - 1).bit_length()
+
+
 def column_product(flat: Tensor, weight: Tensor, bias) -> Tensor:
     """``flat (rows, in) -> (rows, out)`` as ``(W @ flat^T)^T`` (+ bias): a GEMM with >= 2 columns."""
     rows = flat.size(0)
@@ -46,7 +53,7 @@ def column_product(flat: Tensor, weight: Tensor, bias) -> Tensor:
 
 
 def route_decisions() -> Dict[RouteKey, bool]:
-    """A copy of the decisions made so far: ``(rows, in, out, bias, dtype, threads) -> column route?``."""
+    """A copy of the decisions made so far: ``(row bucket, in, out, bias, dtype, threads) -> column route?``."""
     return dict(_DECISIONS)
 
 
@@ -85,19 +92,21 @@ def measure_column_route(rows: int, weight: Tensor, bias) -> bool:
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` whose CPU forward for <= ``MAX_ROWS`` rows takes the column-GEMM route where it was
-    measured to be faster for that shape (module docstring)."""
+    """``nn.Linear`` whose CPU forward for <= ``MAX_ROWS`` rows without gradients takes the column-GEMM
+    route where it was measured to be faster for that shape (module docstring)."""
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.numel() // x.size(-1) if x.size(-1) else 0
-        if x.device.type != "cpu" or rows == 0 or rows > MAX_ROWS or x.dtype != self.weight.dtype:
+        if (x.device.type != "cpu" or rows == 0 or rows > MAX_ROWS or x.dtype != self.weight.dtype
+                or torch.is_grad_enabled()):
             return F.linear(x, self.weight, self.bias)
-        key = (rows, self.in_features, self.out_features, self.bias is not None, x.dtype, torch.get_num_threads())
+        bucket = row_bucket(rows)
+        key = (bucket, self.in_features, self.out_features, self.bias is not None, x.dtype, torch.get_num_threads())
         column = _DECISIONS.get(key)
         if column is None:
             if _measuring_is_unsafe():
                 return F.linear(x, self.weight, self.bias)
-            column = _DECISIONS[key] = measure_column_route(rows, self.weight, self.bias)
+            column = _DECISIONS[key] = measure_column_route(bucket, self.weight, self.bias)
         if not column:
             return F.linear(x, self.weight, self.bias)
         out = column_product(x.reshape(rows, x.size(-1)), self.weight, self.bias)
