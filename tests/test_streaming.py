@@ -286,3 +286,78 @@ def test_reach_matches_its_definition(tmp_path, family):
             assert summary["max"] > 32
         else:
             assert summary["max"] == 31
+
+
+# --------------------------------------------------------------------------- the command line (slow)
+def save_checkpoint(model, cfg, path):
+    from omegaconf import OmegaConf
+
+    torch.save({"cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "model": model.state_dict(),
+                "optimizer_history": [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "FairseqAdam",
+                                       "lr_scheduler_state": {"best": 1.0}, "num_updates": 0}], "extra_state": {}},
+               path)
+    return str(path)
+
+
+def eval_lm_cli(data, checkpoint, *flags):
+    return subprocess.run([sys.executable, "-m", "fairseq_cli.eval_lm", data, "--user-dir", PLUGIN_DIR, "--path",
+                           checkpoint, "--gen-subset", "test", "--cpu", "--num-workers", "0", *map(str, flags)],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+@pytest.mark.slow
+def test_fairseq_eval_lm_command(tmp_path):
+    """The documented command: fairseq-eval-lm --task language_modeling_stream on a checkpoint
+    trained under --task language_modeling prints eval-lm's lines (every token of the split, the
+    loss of one parallel pass per stream), the reach per layer, and bits_per_byte reads its log."""
+    data, split = write_split(tmp_path)
+    model, _, cfg = build_from_cli(data, "language_modeling", *FAMILIES["seqboat"], "--tokens-per-sample", "64")
+    strong_model_(model)
+    checkpoint = save_checkpoint(model, cfg, tmp_path / "model.pt")
+    proc = eval_lm_cli(data, checkpoint, "--task", "language_modeling_stream", "--tokens-per-sample", BLOCK,
+                       "--batch-size", 3, "--reach")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert re.search(rf"Evaluated {len(split):,} tokens in ", out), out[-2000:]
+    loss = float(re.search(r"Loss \(base 2\): ([\d.]+)", out).group(1))
+    assert abs(loss - parallel_loss(model, split, 2, 3)) <= 5e-5 + TOLERANCE  # printed to 4 decimals
+    assert len(re.findall(r"reach layer \d \(w=32\): median \d+, p90 \d+, max \d+ tokens", out)) == 2
+    log = tmp_path / "eval.log"
+    log.write_text(out)
+    bpb = subprocess.run([sys.executable, "-m", "seqboat_fairseq.bits_per_byte", "--eval-log", str(log), "--data",
+                          data, "--split", "test", "--bytes", str(len(split))], capture_output=True, text=True)
+    assert bpb.returncode == 0, bpb.stderr
+
+
+@pytest.mark.slow
+def test_fairseq_eval_lm_refuses_a_transformer_in_one_line(tmp_path):
+    data, _ = write_split(tmp_path)
+    model, _, cfg = build_from_cli(data, "language_modeling", "--arch", "transformer_lm", "--decoder-layers", "1",
+                                   "--decoder-embed-dim", "16", "--decoder-ffn-embed-dim", "16",
+                                   "--decoder-attention-heads", "2")
+    checkpoint = save_checkpoint(model, cfg, tmp_path / "transformer.pt")
+    proc = eval_lm_cli(data, checkpoint, "--task", "language_modeling_stream")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "(--arch transformer_lm) cannot: it is a TransformerLanguageModel" in errors[0]
+
+
+@pytest.mark.slow
+def test_bench_quick(tmp_path):
+    """bench/streaming.py --quick: every part prints its BENCH records, every token counted."""
+    proc = subprocess.run([sys.executable, "bench/streaming.py", "--quick", "--work-dir", str(tmp_path)],
+                          cwd=os.path.dirname(PLUGIN_DIR), capture_output=True, text=True, timeout=1800,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    import json
+
+    records = [json.loads(line[len("BENCH "):]) for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
+    kinds = [r["bench"] for r in records]
+    assert kinds.count("streaming_memory") == 3 and kinds.count("streaming_speed") == 3
+    assert kinds.count("streaming_curve") == 9
+    for r in records:
+        assert "error" not in r, r
+    memory = [r for r in records if r["bench"] == "streaming_memory"]
+    assert all(r["small_tokens"] == 20_000 and r["large_tokens"] == 200_000 for r in memory)
+    assert os.path.isfile(tmp_path / "streaming_curve.png")
