@@ -96,3 +96,41 @@ def test_demo_shows_a_failing_steps_error_and_scales_the_warmup(tmp_path):
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "ValueError: --total-num-update must exceed --warmup-updates" in proc.stderr
     assert "--warmup-updates 6 " in proc.stderr and "--total-num-update 60 " in proc.stderr
+
+
+HYDRA_NOISE = re.compile(r"MigrationWarning|version_base|DEBUG:hydra|hydra\.cc/docs|ConfigStore schema|@package _group_")
+
+
+@pytest.mark.slow
+def test_plugin_hydra_train_prints_no_hydra_noise(tmp_path):
+    """``python -m seqboat_fairseq.hydra_train`` trains as ``fairseq-hydra-train`` does, without the
+    ~20 lines of Hydra deprecations and DEBUG records that the stock entry point prints before it
+    loads the plugin (shown here, so that the comparison exercises what it checks)."""
+    data = tmp_path / "data-bin"
+    subprocess.run([sys.executable, os.path.join(REPO_ROOT, "data_prep", "enwik8.py"), "--pydoc-demo",
+                    "--max-bytes", "20000", "--destdir", str(data)], check=True, capture_output=True)
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "tiny.yaml").write_text(f"""# @package _group_
+common: {{cpu: true, log_format: simple, log_interval: 1, user_dir: {os.path.join(REPO_ROOT, 'seqboat_fairseq')}}}
+task: {{_name: language_modeling, data: {data}, tokens_per_sample: 32}}
+model: {{_name: seqboat_lm_tiny, decoder_layers: 1}}
+criterion: seqboat_cross_entropy
+optimizer: {{_name: adam}}
+lr_scheduler: fixed
+optimization: {{max_update: 1, lr: [0.001]}}
+dataset: {{batch_size: 2, num_workers: 0, disable_validation: true}}
+checkpoint: {{no_save: true}}
+""")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("LOGLEVEL", None)
+    logs = {}
+    for name, module in (("stock", "fairseq_cli.hydra_train"), ("plugin", "seqboat_fairseq.hydra_train")):
+        proc = subprocess.run([sys.executable, "-m", module, "--config-dir", str(config), "--config-name", "tiny",
+                               f"hydra.run.dir={tmp_path / name}"], capture_output=True, text=True,
+                              cwd=REPO_ROOT, timeout=300, env=env)
+        logs[name] = proc.stdout + proc.stderr
+        assert proc.returncode == 0, logs[name][-3000:]
+        assert "done training" in logs[name]
+    assert len(HYDRA_NOISE.findall(logs["stock"])) >= 5, logs["stock"][:3000]
+    assert HYDRA_NOISE.findall(logs["plugin"]) == [], logs["plugin"][:3000]
