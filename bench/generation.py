@@ -20,7 +20,7 @@ Rows (one per model and context; each is printed in a table and as ``BENCH {json
     ``SeqBoatLayer.forward_chunk`` once); its wall time is reported as ``prefill_ms`` and is
     not part of the per-token numbers; ``forward_ms`` is one plain parallel forward of the same
     tokens (no state, as in training or scoring), and ``prefill_ratio`` = prefill / forward
-    (issue 9's target: <= 1.5). Then:
+    (target: <= 1.5). Then:
 
     * ``ms_per_token_model``: median over ``--steps`` timed calls (after ``--warmup`` untimed
       ones) of ``model(prefix, incremental_state=state)`` with the FULL prefix of length
@@ -73,7 +73,7 @@ of CPU use by other processes hits both alike and their ratios stay fair.
     It says what the per-token cost would be with that decoding scheme, nothing more.
 
 After the rows come ratio/summary lines (also ``BENCH`` lines, ``"bench":
-"generation_summary"``) checking the issue's targets:
+"generation_summary"``) checking these targets:
 
 * SeqBoat ms/token (whole model) at the largest context / at the smallest context <= 1.2;
 * SeqBoat at least as fast as the Transformer at a 256-token context, and >= 10x faster at 16384;
@@ -672,7 +672,7 @@ def main(argv=None):
                 speedup = t["ms_per_token_model"] / s["ms_per_token_model"]
                 speedup_layer = t["ms_per_token_layer"] / s["ms_per_token_layer"]
                 mem = t["state_bytes_per_layer"] / s["state_bytes_per_layer"]
-                target, met = None, None  # issue 9: at least as fast at 256, >= 10x at 16k
+                target, met = None, None  # targets: at least as fast at 256, >= 10x at 16k
                 if c >= 16384:
                     target, met = ">= 10", speedup >= 10.0
                 elif c <= 256:

@@ -1,5 +1,5 @@
 """Speech Commands SC10 (raw waveforms): a generated release tree of WAV files ->
-data_prep/speech_commands.py -> --task speech_commands -> --arch seqboat_sc_raw (issue 11 section 1)."""
+data_prep/speech_commands.py -> --task speech_commands -> --arch seqboat_sc_raw."""
 
 import json
 import os

@@ -15,7 +15,7 @@ latent configurator (router) sends through the gated attention unit (the model's
 counts, what training logs as ``act_rate_l{i}``). Outputs, in ``--out-dir``:
 
 * ``activation_time.png``: mean activation time per layer (bars, percent) with error bars of
-  one standard deviation over sequences (the paper's figure 3);
+  one standard deviation over sequences, clipped to [0, 100] % (the paper's figure 3);
 * ``confidence_<i>.png`` (image tasks, the first ``K`` samples; ``i`` is the sample's index in
   the split): the input image (de-normalised pixels) and, per layer, the router confidence
   (max router probability) of the activated tokens reshaped to the image

@@ -1,4 +1,4 @@
-"""Long Range Arena tasks ``lra-text`` and ``lra-image`` (spec sections 10.2-10.3).
+"""Long Range Arena tasks ``lra-text`` and ``lra-image``.
 
 Data layouts (written by ``data_prep/lra.py``):
 
