@@ -14,6 +14,7 @@ from conftest import PLUGIN_DIR, REPO_ROOT, build_lm, build_lra
 
 import seqboat_fairseq  # noqa: F401  (registers the architectures)
 from fairseq.models import ARCH_MODEL_NAME_REGISTRY
+from seqboat_fairseq.models.presets import PRESET_INPUT_TYPES
 
 LM_ARCHS = sorted(a for a, m in ARCH_MODEL_NAME_REGISTRY.items() if m == "seqboat_lm")
 LRA_ARCHS = sorted(a for a, m in ARCH_MODEL_NAME_REGISTRY.items() if m == "seqboat_lra")
@@ -70,7 +71,7 @@ def test_tiny_under_hydra_is_the_tiny_model(lm_dir):
 
 
 def _lra_task(arch):
-    image = any(k in arch for k in ("cifar10", "pf32", "pf128", "sc_raw"))
+    image = PRESET_INPUT_TYPES.get(arch) == "image"  # seqboat_lra itself declares none: text
     return ("lra-image", "image") if image else ("lra-text", "aan" if arch.endswith("aan") else "text")
 
 
@@ -82,9 +83,21 @@ def test_lra_preset_same_under_hydra_and_cli(lra_dirs, arch):
     assert signature(hydra) == signature(cli)
 
 
+def test_every_lra_preset_declares_its_input_type():
+    """Each preset declares its input when it is registered (lra_presets.py), and nothing can
+    change the declarations afterwards."""
+    assert set(LRA_ARCHS) - set(PRESET_INPUT_TYPES) == {"seqboat_lra"}  # the bare model takes either
+    assert set(PRESET_INPUT_TYPES.values()) == {"text", "image"}
+    with pytest.raises(TypeError):
+        PRESET_INPUT_TYPES["seqboat_lra_listop"] = "image"
+
+
 @pytest.mark.parametrize("arch,task,kind", [("seqboat_lra_cifar10", "lra-text", "text"),
                                             ("seqboat_lra_listop", "lra-image", "image"),
-                                            ("slag_lra_pf32", "lra-text", "text")])
+                                            ("slag_lra_pf32", "lra-text", "text"),
+                                            ("slag_lra_listop_base", "lra-image", "image"),
+                                            ("spade_lra_aan", "lra-image", "image"),
+                                            ("mega_chunk_lra_pf128", "lra-text", "text")])
 def test_lra_preset_refuses_the_other_input_type(lra_dirs, arch, task, kind):
     with pytest.raises(ValueError, match=rf"--arch {arch} is a preset for \w+ input, but the task provides"):
         build_lra(lra_dirs[kind], task, "--arch", arch)

@@ -12,10 +12,21 @@ carries its real default in ``metadata["base"]`` (:func:`preset_field`). A prese
 fields the user left ``None`` (:func:`apply_preset`) and then :func:`fill_base_defaults` sets
 the rest from ``metadata["base"]``. Both paths thus give the same model for the same preset
 and overrides (tested for every registered preset in ``tests/test_presets.py``).
+
+:func:`register_preset` registers a preset with fairseq and records, once, the kind of input it
+was built for (LRA presets: ``text`` or ``image``), which the model checks against the task's.
 """
 
 from dataclasses import MISSING, field, fields
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from fairseq.models import register_model_architecture
+
+# preset name -> the input it was built for; written only by register_preset, read through
+# PRESET_INPUT_TYPES (a read-only view)
+_input_types: Dict[str, str] = {}
+PRESET_INPUT_TYPES: Mapping[str, str] = MappingProxyType(_input_types)
 
 
 def preset_field(base: Any, help: str):
@@ -41,3 +52,19 @@ def apply_preset(cfg, config_class, **values) -> None:
         if getattr(cfg, name, None) is None:
             setattr(cfg, name, value)
     fill_base_defaults(cfg, config_class)
+
+
+def register_preset(model: str, name: str, *, input_type: Optional[str] = None) -> Callable:
+    """Decorator: ``register_model_architecture(model, name)`` for a preset function, recording
+    ``input_type`` (the input the preset was built for; None: any) in ``PRESET_INPUT_TYPES``."""
+    def register(preset: Callable) -> Callable:
+        registered = register_model_architecture(model, name)(preset)  # refuses a name registered twice
+        if input_type is not None:
+            _input_types[name] = input_type
+        return registered
+    return register
+
+
+def presets_for_input(input_type: str) -> List[str]:
+    """The names of the presets registered for ``input_type`` input, sorted."""
+    return sorted(name for name, kind in PRESET_INPUT_TYPES.items() if kind == input_type)

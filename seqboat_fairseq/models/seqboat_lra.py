@@ -1,5 +1,5 @@
 """SeqBoat sentence classifier for Long Range Arena (``--arch seqboat_lra*``; upstream ``lra`` with
-``layer_type slag`` and the ``slag_lra_*`` architectures). Spec sections 8.3-8.5.
+``layer_type slag`` and the ``slag_lra_*`` architectures; presets: ``lra_presets.py``).
 
     tokens (text) or pixels (image) -> embedding [+ scaled sinusoidal positions]
     -> N bidirectional SeqBoat layers -> [final norm if prenorm]
@@ -20,25 +20,27 @@ from torch import Tensor, nn
 
 from ..modules.norms import NORM_TYPES, SequenceNorm
 from ..modules.seqboat_layer import LayerActivation, upgrade_upstream_layer_keys
-from .baselines import (LAYER_TYPES, baseline_preset, check_baseline_options, chunked_attention_field,
-                        layer_type_field)
+from .baselines import LAYER_TYPES, check_baseline_options, chunked_attention_field, layer_type_field
 from .checkpoint_activations import CheckpointActivationsConfig
 from .layer_options import LayerFields, build_layers, check_layer_options, task_name
-from .presets import apply_preset, fill_base_defaults, preset_field
+from .presets import PRESET_INPUT_TYPES, fill_base_defaults, preset_field, presets_for_input
 from .task_fit import SPEECH_PRESETS, check_class_count, check_speech_preset, preset_task
+
+# what an LRA model can read: token ids or real numbers (pixels, audio samples)
+LRA_INPUT_TYPES = ("text", "image")
 
 
 @dataclass
 class SeqBoatLRAConfig(CheckpointActivationsConfig):
     """Defaults = the SeqBoat parser defaults of upstream's LRA model, except that no FFN is
-    built (every recipe passes ``--encoder-ffn-embed-dim -1``); the presets below carry the
-    paper's per-task values. Architecture fields are ``None`` until a preset or their base
+    built (every recipe passes ``--encoder-ffn-embed-dim -1``); the presets (``lra_presets.py``)
+    carry the paper's per-task values. Architecture fields are ``None`` until a preset or their base
     default fills them (see ``presets.py``: this is what makes presets work under
     ``fairseq-hydra-train``). ``--checkpoint-activations`` / ``--offload-activations`` /
     ``--recompute-gau`` come from :class:`CheckpointActivationsConfig`."""
 
     # the LRA tasks' options, mirrored; null under any other task (build_model then says which to use)
-    input_type: Optional[ChoiceEnum(["text", "image"])] = "${oc.select:task.input_type,null}"
+    input_type: Optional[ChoiceEnum(list(LRA_INPUT_TYPES))] = "${oc.select:task.input_type,null}"
     encoder_layers: Optional[int] = preset_field(6, "number of SeqBoat layers")
     encoder_embed_dim: Optional[int] = preset_field(128, "model dimension D")
     encoder_hidden_dim: Optional[int] = preset_field(256, "GAU value dimension H")
@@ -270,11 +272,6 @@ def seqboat_lra_base(cfg) -> None:
     fill_base_defaults(cfg, SeqBoatLRAConfig)
 
 
-def _preset(args, **values) -> None:
-    apply_preset(args, SeqBoatLRAConfig, **values)
-    seqboat_lra_base(args)
-
-
 def check_lra_options(cfg, task) -> None:
     """Clear errors for options no model can be built with, or a preset built for the other
     kind of input than the task provides (each message names its flag)."""
@@ -294,241 +291,14 @@ def check_lra_options(cfg, task) -> None:
         raise ValueError(f"--arch {arch} is a Long Range Arena classifier: use it with {uses}, "
                          f"not --task {task_name(task)}")
     check_speech_preset(arch, task_name(task))
-    expected = PRESET_INPUT_TYPES.get(arch)
+    expected = PRESET_INPUT_TYPES.get(arch)  # declared by each preset (lra_presets.py)
     if expected is not None and expected != task_input:
         raise ValueError(f"--arch {arch} is a preset for {expected} input, but the task provides {task_input} "
                          f"input: use --task {preset_task(arch, expected)} with this preset, or a {task_input} preset "
-                         f"({', '.join(a for a, t in PRESET_INPUT_TYPES.items() if t == task_input)})")
+                         f"({', '.join(presets_for_input(task_input))})")
     if cfg.input_type == "image" and cfg.sen_rep_type != "mp":
         raise ValueError("--sen-rep-type cls needs text input (no <CLS> pixel); use mp for images")
     if cfg.activation_fn != "silu":
         raise ValueError(f"--activation-fn {cfg.activation_fn} is not supported; SeqBoat uses silu")
     check_class_count(cfg.sentence_class_num, arch, task)
 
-
-# the input each task-specific preset was built for (checked against the task's)
-PRESET_INPUT_TYPES = {
-    **{f"{prefix}_lra_{name}": "text" for prefix in ("seqboat", "slag") for name in ("listop", "imdb", "aan")},
-    "slag_lra_listop_base": "text",
-    **{f"{prefix}_lra_{name}": "image" for prefix in ("seqboat", "slag") for name in ("cifar10", "pf32", "pf128")},
-    "slag_lra_pf128_base": "image",
-}
-
-
-# The paper's per-task configurations (spec 8.5: architecture + published recipe flags). The
-# working memory is w = 128 (Path-X: 256, the experiment script's value; spec H20).
-# What every paper preset shares: N = 16, simple relative-position bias, no attention / GAU dropout.
-_PAPER_LRA = dict(n_dim=16, chunk_size=128, truncation_length=1024, rel_pos_bias="simple", attention_dropout=0.0,
-                  act_dropout=0.0)
-# text (ListOps, IMDB, AAN): Z = 64, post-norm, softmax attention, tau_0 = 0.3 sqrt(D), dropout 0.1
-_PAPER_TEXT = dict(_PAPER_LRA, z_dim=64, encoder_normalize_before=False, attention_activation_fn="softmax",
-                   init_temp_scale=0.3, dropout=0.1)
-# pixels and raw audio: pre-BatchNorm, relu2 attention, scaled sinusoidal absolute positions, no dropout
-_PAPER_SIGNAL = dict(_PAPER_LRA, norm_type="batchnorm", encoder_normalize_before=True, attention_activation_fn="relu2",
-                     dropout=0.0, add_apos=True)
-
-
-def _paper_preset(args, family: Dict, **values) -> None:
-    """``_preset`` with the values of ``family`` (``_PAPER_TEXT`` / ``_PAPER_SIGNAL``), ``values`` winning."""
-    _preset(args, **{**family, **values})
-
-
-@register_model_architecture("seqboat_lra", "seqboat_lra_listop")
-def seqboat_lra_listop(args):
-    """ListOps: 6 x D80, post-LayerNorm, softmax, simple bias; 406,756 params + embeddings."""
-    _paper_preset(args, _PAPER_TEXT, encoder_layers=6, encoder_embed_dim=80, encoder_hidden_dim=160,
-                  max_positions=2002, norm_type="layernorm", classifier_out_dim=160, sentence_class_num=10)
-
-
-@register_model_architecture("seqboat_lra", "seqboat_lra_imdb")
-def seqboat_lra_imdb(args):
-    """Text (IMDB, bytes): 4 x D128, post-ScaleNorm, softmax, local_pos; 599,564 params + embeddings."""
-    _paper_preset(args, _PAPER_TEXT, encoder_layers=4, encoder_embed_dim=128, encoder_hidden_dim=256,
-                  max_positions=4002, norm_type="scalenorm", local_pos=True, classifier_out_dim=256,
-                  sentence_class_num=2)
-
-
-@register_model_architecture("seqboat_lra", "seqboat_lra_aan")
-def seqboat_lra_aan(args):
-    """Retrieval (AAN, bytes, two towers): 6 x D128, post-ScaleNorm, softmax, NLI features;
-    1,024,298 params + embeddings."""
-    _paper_preset(args, _PAPER_TEXT, encoder_layers=6, encoder_embed_dim=128, encoder_hidden_dim=256,
-                  max_positions=4002, norm_type="scalenorm", use_nli=True, classifier_out_dim=256,
-                  sentence_class_num=2)
-
-
-@register_model_architecture("seqboat_lra", "seqboat_lra_cifar10")
-def seqboat_lra_cifar10(args):
-    """Image (CIFAR-10 grayscale): 8 x D160, pre-BatchNorm, relu2, absolute positions; 1,810,001 params."""
-    _paper_preset(args, _PAPER_SIGNAL, encoder_layers=8, encoder_embed_dim=160, encoder_hidden_dim=320, z_dim=96,
-                  max_positions=1024, init_temp_scale=0.4, classifier_out_dim=320, sentence_class_num=10)
-
-
-@register_model_architecture("seqboat_lra", "seqboat_lra_pf32")
-def seqboat_lra_pf32(args):
-    """Pathfinder 32x32: 6 x D128, pre-BatchNorm, relu2, absolute positions; 892,301 params."""
-    _paper_preset(args, _PAPER_SIGNAL, encoder_layers=6, encoder_embed_dim=128, encoder_hidden_dim=256, z_dim=64,
-                  max_positions=1024, init_temp_scale=1.0, classifier_out_dim=256, sentence_class_num=2)
-
-
-@register_model_architecture("seqboat_lra", "seqboat_lra_pf128")
-def seqboat_lra_pf128(args):
-    """Path-X 128x128 (16,384 pixels): 4 x D128, pre-SyncBatchNorm, relu2, w=256; 729,097 params."""
-    _paper_preset(args, _PAPER_SIGNAL, encoder_layers=4, encoder_embed_dim=128, encoder_hidden_dim=256, z_dim=64,
-                  chunk_size=256, truncation_length=16384, max_positions=16384, norm_type="syncbatchnorm",
-                  init_temp_scale=1.0, classifier_out_dim=256, sentence_class_num=2)
-
-
-# Upstream names with upstream's architecture defaults (spec 8.4), so upstream recipes and
-# checkpoints resolve: attention dropout 0.1 and an FFN of size H unless the recipe says otherwise.
-def _slag_lra(args, layers, dim, hidden, zdim, chunk, truncation, max_positions, norm, classes, out_dim):
-    _preset(args, encoder_layers=layers, encoder_embed_dim=dim, encoder_hidden_dim=hidden, z_dim=zdim,
-            n_dim=16, chunk_size=chunk, truncation_length=truncation, max_positions=max_positions,
-            norm_type=norm, sentence_class_num=classes, classifier_out_dim=out_dim,
-            attention_dropout=0.1, encoder_ffn_embed_dim=getattr(args, "encoder_hidden_dim", None) or hidden)
-
-
-@register_model_architecture("seqboat_lra", "slag_lra_listop")
-def slag_lra_listop(args):
-    _slag_lra(args, 6, 80, 160, 64, -1, 1024, 2002, "scalenorm", 10, 160)
-
-
-@register_model_architecture("seqboat_lra", "slag_lra_listop_base")
-def slag_lra_listop_base(args):
-    _slag_lra(args, 6, 128, 256, 64, -1, 1024, 2002, "scalenorm", 10, 256)
-
-
-@register_model_architecture("seqboat_lra", "slag_lra_imdb")
-def slag_lra_imdb(args):
-    _slag_lra(args, 4, 128, 256, 64, -1, 1024, 4002, "scalenorm", 2, 256)
-
-
-@register_model_architecture("seqboat_lra", "slag_lra_aan")
-def slag_lra_aan(args):
-    # upstream sets no norm type here (the recipe passes scalenorm): default to the recipe's
-    _slag_lra(args, 6, 128, 256, 64, -1, 1024, 4002, "scalenorm", 2, 256)
-
-
-@register_model_architecture("seqboat_lra", "slag_lra_cifar10")
-def slag_lra_cifar10(args):
-    _slag_lra(args, 8, 160, 320, 96, 1024, 1024, 1024, "batchnorm", 10, 320)
-
-
-@register_model_architecture("seqboat_lra", "slag_lra_pf32")
-def slag_lra_pf32(args):
-    _slag_lra(args, 6, 128, 256, 64, 1024, 1024, 1024, "batchnorm", 2, 256)
-
-
-@register_model_architecture("seqboat_lra", "slag_lra_pf128")
-def slag_lra_pf128(args):
-    _slag_lra(args, 4, 64, 128, 32, 16384, 4096, 16384, "batchnorm", 2, 128)
-
-
-@register_model_architecture("seqboat_lra", "slag_lra_pf128_base")
-def slag_lra_pf128_base(args):
-    _slag_lra(args, 6, 128, 256, 64, 16384, 16384, 16384, "batchnorm", 2, 256)
-
-
-# --------------------------------------------------------------------------- Speech Commands (SC10, raw)
-# Raw 16 kHz waveforms (``--task speech_commands``): each sample is a real number embedded like a
-# pixel (``input_type`` "image": RealNumberEmbedding), 16,000 samples per clip, 10 classes, mean
-# pooling. Upstream's SC encoder always adds the scaled sinusoidal absolute positions (add_apos).
-PRESET_INPUT_TYPES.update({"seqboat_sc_raw": "image", "slag_sc_raw_base": "image"})
-
-
-@register_model_architecture("seqboat_lra", "seqboat_sc_raw")
-def seqboat_sc_raw(args):
-    """SC10 raw speech, the paper's model: upstream ``slag_sc_raw_base`` with its recipe's flags
-    (``experiment/run_sc.sh``): 8 x D60 (H120, Z30, N16), pre-BatchNorm, relu2, local_pos bias,
-    w = 128, MD-EMA truncation 4000, no FFN; 298,841 params. The paper's 293K is this count without the
-    8 x 767 learned local relative-position biases (292,705): see tests/test_speech_commands.py."""
-    _paper_preset(args, _PAPER_SIGNAL, encoder_layers=8, encoder_embed_dim=60, encoder_hidden_dim=120, z_dim=30,
-                  encoder_ffn_embed_dim=-1, truncation_length=4000, max_positions=16000, local_pos=True,
-                  init_temp_scale=1.0, classifier_out_dim=120, sentence_class_num=10)
-
-
-@register_model_architecture("seqboat_lra", "slag_sc_raw_base")
-def slag_sc_raw_base(args):
-    """Upstream ``slag_sc_raw_base`` with upstream's architecture defaults (``sc_raw`` base
-    architecture): an FFN of size H, laplace attention, w = 1000, truncation 1000, init_temp_scale
-    0.3, no local_pos; the recipe's flags (``examples/speech/sc10.sh``) turn it into seqboat_sc_raw."""
-    _preset(args, encoder_layers=8, encoder_embed_dim=60, encoder_hidden_dim=120, z_dim=30, n_dim=16,
-            encoder_ffn_embed_dim=getattr(args, "encoder_hidden_dim", None) or 120, chunk_size=1000,
-            truncation_length=1000, max_positions=16000, norm_type="batchnorm", encoder_normalize_before=True,
-            attention_activation_fn="laplace", rel_pos_bias="simple", init_temp_scale=0.3, dropout=0.0,
-            attention_dropout=0.0, act_dropout=0.0, add_apos=True,
-            classifier_out_dim=2 * (getattr(args, "encoder_embed_dim", None) or 60), sentence_class_num=10)
-
-
-# --------------------------------------------------------------------------- baselines (issue 11)
-# The two hybrids SeqBoat's paper argues against, built from the same modules and run by the same
-# tasks and tools (docs/design.md, 'Baselines'). Each preset is the SeqBoat LRA preset of its task
-# plus the baseline's options; everything else (width, depth, MD-EMA, norms, positions, dropout,
-# the span c = w of the attention, the classifier) is the same, and the user's flags still win.
-#   mega_chunk_lra_<task>: no router, attention inside fixed chunks of c = w tokens;
-#   spade_lra_<task>:      MD-EMA beside window attention (w on each side) in the bottom layer,
-#                          window attention + an FFN in every layer, whose size makes the parameter
-#                          count that of the SeqBoat preset (within 0.04 %, tests/test_baselines.py).
-PRESET_INPUT_TYPES.update({f"{baseline}_lra_{task}": PRESET_INPUT_TYPES[f"seqboat_lra_{task}"]
-                           for baseline in ("mega_chunk", "spade")
-                           for task in ("listop", "imdb", "aan", "cifar10", "pf32", "pf128")})
-
-
-@register_model_architecture("seqboat_lra", "mega_chunk_lra_listop")
-def mega_chunk_lra_listop(args):
-    baseline_preset(args, seqboat_lra_listop, always_act=True, chunked_attention=True)
-
-
-@register_model_architecture("seqboat_lra", "mega_chunk_lra_imdb")
-def mega_chunk_lra_imdb(args):
-    baseline_preset(args, seqboat_lra_imdb, always_act=True, chunked_attention=True)
-
-
-@register_model_architecture("seqboat_lra", "mega_chunk_lra_aan")
-def mega_chunk_lra_aan(args):
-    baseline_preset(args, seqboat_lra_aan, always_act=True, chunked_attention=True)
-
-
-@register_model_architecture("seqboat_lra", "mega_chunk_lra_cifar10")
-def mega_chunk_lra_cifar10(args):
-    baseline_preset(args, seqboat_lra_cifar10, always_act=True, chunked_attention=True)
-
-
-@register_model_architecture("seqboat_lra", "mega_chunk_lra_pf32")
-def mega_chunk_lra_pf32(args):
-    baseline_preset(args, seqboat_lra_pf32, always_act=True, chunked_attention=True)
-
-
-@register_model_architecture("seqboat_lra", "mega_chunk_lra_pf128")
-def mega_chunk_lra_pf128(args):
-    baseline_preset(args, seqboat_lra_pf128, always_act=True, chunked_attention=True)
-
-
-@register_model_architecture("seqboat_lra", "spade_lra_listop")
-def spade_lra_listop(args):
-    baseline_preset(args, seqboat_lra_listop, layer_type="spade", encoder_ffn_embed_dim=80)
-
-
-@register_model_architecture("seqboat_lra", "spade_lra_imdb")
-def spade_lra_imdb(args):
-    baseline_preset(args, seqboat_lra_imdb, layer_type="spade", encoder_ffn_embed_dim=81)
-
-
-@register_model_architecture("seqboat_lra", "spade_lra_aan")
-def spade_lra_aan(args):
-    baseline_preset(args, seqboat_lra_aan, layer_type="spade", encoder_ffn_embed_dim=97)
-
-
-@register_model_architecture("seqboat_lra", "spade_lra_cifar10")
-def spade_lra_cifar10(args):
-    baseline_preset(args, seqboat_lra_cifar10, layer_type="spade", encoder_ffn_embed_dim=116)
-
-
-@register_model_architecture("seqboat_lra", "spade_lra_pf32")
-def spade_lra_pf32(args):
-    baseline_preset(args, seqboat_lra_pf32, layer_type="spade", encoder_ffn_embed_dim=96)
-
-
-@register_model_architecture("seqboat_lra", "spade_lra_pf128")
-def spade_lra_pf128(args):
-    baseline_preset(args, seqboat_lra_pf128, layer_type="spade", encoder_ffn_embed_dim=80)
