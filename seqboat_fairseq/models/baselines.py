@@ -18,13 +18,9 @@ tools, tasks and criteria:
 
 from typing import Optional
 
-from torch import nn
-
-from ..modules.seqboat_layer import SeqBoatLayer
-from ..modules.spade_layer import SpadeLayer
 from .presets import preset_field
 
-LAYER_TYPES = ("seqboat", "spade")
+LAYER_TYPES = ("seqboat", "spade")  # --layer-type; layer_options.build_layer builds them
 
 
 def chunked_attention_field(chunk_flag: str, family: str):
@@ -51,22 +47,6 @@ def baseline_preset(args, seqboat_preset, **values) -> None:
         if getattr(args, name, None) is None:
             setattr(args, name, value)
     seqboat_preset(args)
-
-
-def build_layer(layer_type: Optional[str], index: int, embed_dim: int, zdim: int, hdim: int, ndim: int, *,
-                init_temp_scale: float, always_active: bool, act_bias: float = 0.0, chunked: Optional[bool] = False,
-                **options) -> nn.Module:
-    """Layer ``index`` (0 = bottom) of a stack of ``layer_type`` (None: seqboat, e.g. a model
-    config saved before the option existed). ``options`` are the keyword arguments the two layer
-    classes share; the router's (``init_temp_scale``, ``always_active``, ``act_bias``) only apply
-    to SeqBoat layers (SPADE layers have no router: every real token is active)."""
-    chunked = bool(chunked)
-    if layer_type in (None, "seqboat"):
-        return SeqBoatLayer(embed_dim, zdim, hdim, ndim, init_temp_scale=init_temp_scale,
-                            always_active=always_active, act_bias=act_bias, chunked=chunked, **options)
-    if layer_type == "spade":
-        return SpadeLayer(embed_dim, zdim, hdim, ndim, global_branch=index == 0, chunked=chunked, **options)
-    raise ValueError(f"--layer-type {layer_type}: expected one of {LAYER_TYPES}")
 
 
 def check_baseline_options(*, chunked: Optional[bool], chunk_flag: str, chunk_size: Optional[int]) -> None:

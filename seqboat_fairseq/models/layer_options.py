@@ -1,5 +1,5 @@
 """The SeqBoat layer options shared by the LM and the LRA models: their checks and the one
-translation of a model config into the layers' keyword arguments.
+place a model config becomes layers (:func:`build_layer`).
 
 The two models spell the same option differently (``--decoder-z-dim`` vs ``--z-dim``), so each
 passes ``{flag: value}`` to the checks (every message names the flag the user typed) and names
@@ -7,11 +7,13 @@ its config fields once in a :class:`LayerFields`.
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 from torch import nn
 
-from .baselines import build_layer
+from ..modules.seqboat_layer import SeqBoatLayer
+from ..modules.spade_layer import SpadeLayer
+from .baselines import LAYER_TYPES
 from .checkpoint_activations import checkpoint_layers
 
 
@@ -68,24 +70,35 @@ class LayerFields:
     activation_dropout: str
 
 
-def layer_kwargs(cfg, names: LayerFields, *, bidirectional: bool) -> Dict[str, Any]:
-    """The keyword arguments of :func:`~seqboat_fairseq.models.baselines.build_layer` (less
-    ``layer_type`` and ``index``) that the model config ``cfg`` asks for."""
+def build_layer(cfg, names: LayerFields, index: int, *, bidirectional: bool) -> nn.Module:
+    """Layer ``index`` (0 = bottom) of the stack the model config ``cfg`` asks for: a
+    :class:`SeqBoatLayer`, or with ``--layer-type spade`` a :class:`SpadeLayer` (the bottom one
+    with the MD-EMA branch). The router's options (``init_temp_scale``, ``always_act``,
+    ``act_bias``) only apply to SeqBoat layers: SPADE layers run every real token."""
     def value(name):
         return getattr(cfg, name)
 
+    # --chunk-size / --decoder-chunk-size: one span, read by the layer according to its kind:
+    # SeqBoat's working memory w, SPADE's sliding window w, or with --chunked-attention MEGA's
+    # chunk size c (attention inside fixed, non-overlapping chunks of c slots); -1: unbounded
+    span = value(names.chunk_size)
     truncation = cfg.truncation_length if cfg.truncation_length and cfg.truncation_length > 0 else None
-    return dict(
-        embed_dim=value(names.embed_dim), zdim=value(names.z_dim), hdim=value(names.hidden_dim),
-        ndim=value(names.n_dim), bidirectional=bidirectional, window=value(names.chunk_size), truncation=truncation,
-        norm_type=value(names.norm_type), prenorm=value(names.prenorm),
+    shared = dict(
+        bidirectional=bidirectional, window=span, chunked=bool(getattr(cfg, "chunked_attention", False)),
+        truncation=truncation, norm_type=value(names.norm_type), prenorm=value(names.prenorm),
         attention_activation=cfg.attention_activation_fn, rel_pos=cfg.rel_pos_bias,
-        max_positions=value(names.max_positions), local_pos=cfg.local_pos, init_temp_scale=cfg.init_temp_scale,
-        always_active=cfg.always_act, act_bias=getattr(cfg, "act_bias", 0.0), dropout=cfg.dropout,
+        max_positions=value(names.max_positions), local_pos=cfg.local_pos, dropout=cfg.dropout,
         attention_dropout=cfg.attention_dropout, hidden_dropout=value(names.hidden_dropout),
         ffn_dim=value(names.ffn_dim), activation_dropout=value(names.activation_dropout),
-        chunked=getattr(cfg, "chunked_attention", False),
     )
+    dims = (value(names.embed_dim), value(names.z_dim), value(names.hidden_dim), value(names.n_dim))
+    layer_type = getattr(cfg, "layer_type", None)  # None: a config saved before the option existed
+    if layer_type in (None, "seqboat"):
+        return SeqBoatLayer(*dims, init_temp_scale=cfg.init_temp_scale, always_active=cfg.always_act,
+                            act_bias=getattr(cfg, "act_bias", 0.0), **shared)
+    if layer_type == "spade":
+        return SpadeLayer(*dims, global_branch=index == 0, **shared)
+    raise ValueError(f"--layer-type {layer_type}: expected one of {LAYER_TYPES}")
 
 
 def check_window(window: Optional[int], flag: str, layer_type: Optional[str]) -> None:
@@ -104,8 +117,8 @@ def build_layers(cfg, names: LayerFields, *, bidirectional: bool) -> nn.ModuleLi
     """The model's stack of SeqBoat (or baseline) layers, bottom first, each checkpointed or its
     GAU recomputing when the config asks for it (``--checkpoint-activations`` /
     ``--offload-activations`` / ``--recompute-gau``)."""
-    kwargs = layer_kwargs(cfg, names, bidirectional=bidirectional)
     layer_type = getattr(cfg, "layer_type", None)  # None: a config saved before the option existed
-    check_window(kwargs["window"], "--" + names.chunk_size.replace("_", "-"), layer_type)
-    layers = nn.ModuleList([build_layer(layer_type, i, **kwargs) for i in range(getattr(cfg, names.layers))])
+    check_window(getattr(cfg, names.chunk_size), "--" + names.chunk_size.replace("_", "-"), layer_type)
+    layers = nn.ModuleList([build_layer(cfg, names, i, bidirectional=bidirectional)
+                            for i in range(getattr(cfg, names.layers))])
     return checkpoint_layers(layers, cfg)

@@ -18,6 +18,8 @@ from fairseq.models import BaseFairseqModel, register_model, register_model_arch
 from fairseq.modules.fairseq_dropout import FairseqDropout
 from torch import Tensor, nn
 
+from ..modules.gau import REL_POS_TYPES
+from ..modules.local_attention import ATTENTION_ACTIVATIONS
 from ..modules.norms import NORM_TYPES, SequenceNorm
 from ..modules.seqboat_layer import LayerActivation, upgrade_upstream_layer_keys
 from .baselines import LAYER_TYPES, check_baseline_options, chunked_attention_field, layer_type_field
@@ -28,6 +30,8 @@ from .task_fit import SPEECH_PRESETS, check_class_count, check_speech_preset, pr
 
 # what an LRA model can read: token ids or real numbers (pixels, audio samples)
 LRA_INPUT_TYPES = ("text", "image")
+# the classifier's hidden activation (ClassificationHead): exact gelu in fp32, relu or silu
+CLASSIFIER_ACTIVATIONS = ("gelu", "relu", "silu")
 
 
 @dataclass
@@ -53,13 +57,13 @@ class SeqBoatLRAConfig(CheckpointActivationsConfig):
     max_positions: Optional[int] = "${oc.select:task.max_positions,null}"
     norm_type: Optional[ChoiceEnum(list(NORM_TYPES))] = preset_field("layernorm", "normalisation")
     encoder_normalize_before: Optional[bool] = preset_field(False, "prenorm (adds a final norm)")
-    attention_activation_fn: Optional[ChoiceEnum(["softmax", "relu2", "laplace"])] = preset_field(
+    attention_activation_fn: Optional[ChoiceEnum(list(ATTENTION_ACTIVATIONS))] = preset_field(
         "relu2", "attention activation")
     activation_fn: Optional[ChoiceEnum(["silu"])] = preset_field("silu", "SeqBoat uses SiLU")
     dropout: Optional[float] = preset_field(0.1, "dropout")
     attention_dropout: Optional[float] = preset_field(0.0, "dropout on attention weights")
     act_dropout: Optional[float] = preset_field(0.0, "dropout on the GAU values (and inside the FFN)")
-    rel_pos_bias: Optional[ChoiceEnum(["simple", "rotary"])] = preset_field("simple", "positions")
+    rel_pos_bias: Optional[ChoiceEnum(list(REL_POS_TYPES))] = preset_field("simple", "positions")
     local_pos: Optional[bool] = preset_field(False, "simple bias over working-memory slot offsets")
     init_temp_scale: Optional[float] = preset_field(0.3, "router tau_0 = scale * sqrt(D)")
     act_bias: Optional[float] = preset_field(0.0, "added to the router's skip logit (> 0: sparser)")
@@ -72,7 +76,7 @@ class SeqBoatLRAConfig(CheckpointActivationsConfig):
     use_nli: Optional[bool] = preset_field(False, "Retrieval: also feed r0 * r1 and r0 - r1")
     classifier_layers: Optional[int] = preset_field(1, "classifier hidden layers")
     classifier_out_dim: Optional[int] = preset_field(256, "classifier hidden size")
-    classifier_activation_fn: Optional[ChoiceEnum(["gelu", "relu", "silu"])] = preset_field(
+    classifier_activation_fn: Optional[ChoiceEnum(list(CLASSIFIER_ACTIVATIONS))] = preset_field(
         "gelu", "classifier activation")
     sentence_class_num: Optional[int] = preset_field(2, "number of classes")
 
