@@ -185,6 +185,11 @@ TRANSFORMER_LM = ["--arch", "transformer_lm", "--decoder-embed-dim", "64", "--de
                   "--decoder-output-dim", "64", "--decoder-layers", "2",
                   "--decoder-attention-heads", "4", "--decoder-normalize-before", "--share-decoder-input-output-embed",
                   "--dropout", "0.0", "--attention-dropout", "0.0", "--activation-dropout", "0.0"]
+# raw speech (bench/tradeoff.py): --task speech_commands, batch 32
+SPEECH_TASK = ["--task", "speech_commands", "--criterion", "lra_cross_entropy", "--sentence-avg"]
+SPEECH_RECIPE = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--adam-eps", "1e-8", "--clip-norm", "1.0",
+                 "--lr", "0.004", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "40", "--warmup-init-lr",
+                 "1e-7", "--batch-size", "32", "--required-batch-size-multiple", "1"]
 TRANSFORMER_LRA = ["--arch", _TRANSFORMER_LRA, "--encoder-embed-dim", "64", "--encoder-layers", "2",
                    "--encoder-attention-heads", "4", "--classifier-out-dim", "128", "--sentence-class-num", "10",
                    "--dropout", "0.1"]
@@ -271,14 +276,23 @@ def fresh_save_dir(save_dir: str) -> None:
         marker.write("checkpoints of one bench/quality_race.py run; the next run in this work dir replaces them\n")
 
 
-def train(run: Run, data: str, save_dir: str, args) -> Dict:
-    """Trains ``run`` for ``args.minutes`` of fairseq's cumulative training time."""
+def task_arguments(run: Run) -> List[str]:
+    """The task, criterion and recipe flags of a run's task (``lm``, ``listops``; bench/tradeoff.py adds
+    ``speech``)."""
     if run.task == "lm":
-        task = ["--task", "language_modeling",
+        return ["--task", "language_modeling",
                 "--criterion", "cross_entropy" if run.model == "transformer" else "seqboat_cross_entropy",
                 *LM_SHAPE, *LM_RECIPE]
-    else:
-        task = [*LISTOPS_TASK, *LISTOPS_RECIPE]
+    if run.task == "listops":
+        return [*LISTOPS_TASK, *LISTOPS_RECIPE]
+    if run.task == "speech":
+        return [*SPEECH_TASK, *SPEECH_RECIPE]
+    raise ValueError(f"unknown task {run.task!r}")
+
+
+def train(run: Run, data: str, save_dir: str, args) -> Dict:
+    """Trains ``run`` for ``args.minutes`` of fairseq's cumulative training time."""
+    task = task_arguments(run)
     entry = [os.path.abspath(__file__), "--fairseq-train"] if run.via_wrapper else ["-m", "fairseq_cli.train"]
     cmd = [sys.executable, *entry, data, "--user-dir", PLUGIN_DIR, *task, *run.train_args,
            "--stop-time-hours", repr(args.minutes / 60.0), "--max-epoch", "0", "--max-update", "0",

@@ -139,3 +139,46 @@ def test_quality_race_replaces_only_its_own_checkpoint_dirs(tmp_path, monkeypatc
     (ours / "checkpoint_last.pt").write_bytes(b"an earlier race's")
     quality_race.fresh_save_dir(str(ours))
     assert sorted(p.name for p in ours.iterdir()) == [quality_race.SAVE_DIR_MARKER]
+
+
+@pytest.mark.slow
+def test_tradeoff_quick(tmp_path):
+    """bench/tradeoff.py end to end on every task (SeqBoat and the Transformer, 2 seeds, one knob value): each
+    run trained, evaluated over its whole test split and timed as a trained checkpoint with its learned
+    per-layer rates; mean +- std summaries over the seeds; one PNG per task and one for the knob."""
+    work = tmp_path / "tradeoff"
+    proc, records = _run("tradeoff.py", "--quick", "--models", "seqboat,transformer", "--sweep", "act_bias=2",
+                         "--work-dir", work, timeout=1500)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    runs = [r for r in records if r["bench"] == "tradeoff"]
+    assert {(r["task"], r["model"], r["knob"], r["seed"]) for r in runs} == {
+        *((t, m, None, s) for t in ("lm", "listops", "speech") for m in ("seqboat", "transformer") for s in (1, 2)),
+        *(("listops", "seqboat", "act_bias", s) for s in (1, 2))}
+    for r in runs:
+        assert "error" not in r, r
+        assert r["evaluated"] == r["split_size"] > 0 and r["updates"] > 0, r
+        assert abs(r["params_vs_seqboat"] - 1) <= 0.05 and r["step_ms"] > 0 and r["alloc_mb"] > 0, r
+        if r["model"] == "seqboat":  # the learned rate of every layer, each a fraction of the real tokens
+            assert len(r["layer_rates"]) == 2 and all(0 <= x <= 1 for x in r["layer_rates"]), r
+        else:
+            assert r["layer_rates"] == [] and r["act_rate"] is None, r
+    summaries = [r for r in records if r["bench"] == "tradeoff_summary"]
+    assert len(summaries) == 7
+    for s in summaries:
+        assert "error" not in s and s["seeds"] == [1, 2], s
+        values = [r["value"] for r in runs if (r["task"], r["model"], r["knob"]) == (s["task"], s["model"], s["knob"])]
+        assert s["value"] == pytest.approx(sum(values) / 2, abs=1e-3), (s, values)
+    for name in ("tradeoff_lm.png", "tradeoff_listops.png", "tradeoff_speech.png", "tradeoff_sweep.png"):
+        assert (work / name).stat().st_size > 1000, name
+    assert "learned rate per layer" in proc.stdout
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--seeds", "a"], "--seeds"), (["--tasks", "vision"], "--tasks"), (["--sweep", "temperature=1"], "--sweep"),
+    (["--sweep", "act_bias=x"], "--sweep"), (["--tasks", "lm", "--sweep", "act_bias=1"], "--sweep-task")])
+def test_tradeoff_refuses_bad_flags(argv, fragment, tmp_path):
+    proc, records = _run("tradeoff.py", *argv, "--work-dir", tmp_path / "w", timeout=60)
+    assert proc.returncode != 0 and not records
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and fragment in last and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "w").exists()
