@@ -1,7 +1,10 @@
 """seqboat-fairseq: SeqBoat (Sparse Modular Activation) as a fairseq ``--user-dir`` plugin.
 
-Importing the package registers its models, architectures, tasks, criterion, optimizer,
-LR scheduler and the ``enwik8_bytes`` encoder with fairseq.
+Importing the package registers its models, architectures, tasks, criteria, optimizer,
+LR scheduler and encoders (``--bpe enwik8_bytes``, and ``--bpe sentencepiece`` re-registered to
+decode byte pieces to text) with fairseq, and patches a few fairseq globals
+(:mod:`seqboat_fairseq.patches` lists them; ``SEQBOAT_FAIRSEQ_DISABLE_PATCHES`` keeps any of
+fairseq's originals).
 """
 
 from .fairseq_check import require_fairseq

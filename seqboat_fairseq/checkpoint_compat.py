@@ -39,6 +39,8 @@ import torch
 from fairseq import checkpoint_utils
 from fairseq.logging import meters
 
+from .patches import enabled
+
 _METERS = [meters.Meter, meters.AverageMeter, meters.SumMeter, meters.ConcatTensorMeter,
            meters.TimeMeter, meters.StopwatchMeter, meters.MetersDict]
 
@@ -58,7 +60,8 @@ def register_safe_globals() -> None:
     torch.serialization.add_safe_globals(safe)
 
 
-register_safe_globals()
+if enabled("safe_globals"):
+    register_safe_globals()
 
 
 # --------------------------------------------------------------------------- errors
@@ -82,7 +85,7 @@ def _excepthook(previous):
     return hook
 
 
-if not getattr(sys.excepthook, "_seqboat_checkpoint_errors", False):
+if enabled("excepthook") and not getattr(sys.excepthook, "_seqboat_checkpoint_errors", False):
     sys.excepthook = _excepthook(sys.excepthook)
 
 
@@ -272,5 +275,7 @@ def _checked_ensemble(load):
     return load_model_ensemble_and_task
 
 
-checkpoint_utils.load_checkpoint_to_cpu = _checked(checkpoint_utils.load_checkpoint_to_cpu)
-checkpoint_utils.load_model_ensemble_and_task = _checked_ensemble(checkpoint_utils.load_model_ensemble_and_task)
+if enabled("load_checkpoint_to_cpu"):
+    checkpoint_utils.load_checkpoint_to_cpu = _checked(checkpoint_utils.load_checkpoint_to_cpu)
+if enabled("load_model_ensemble_and_task"):
+    checkpoint_utils.load_model_ensemble_and_task = _checked_ensemble(checkpoint_utils.load_model_ensemble_and_task)

@@ -21,6 +21,8 @@ from typing import Optional
 
 from fairseq import tasks
 
+from .patches import enabled
+
 EVAL_LM_FILE = os.path.join("fairseq_cli", "eval_lm.py")  # also run as ``python -m fairseq_cli.eval_lm``
 DEFAULT_MAX_TOKENS = 36000  # fairseq_cli/eval_lm.py: cfg.dataset.max_tokens or 36000
 
@@ -73,5 +75,5 @@ def _checked(setup_task):
     return wrapper
 
 
-if not getattr(tasks.setup_task, "_seqboat_eval_lm_checked", False):
+if enabled("setup_task") and not getattr(tasks.setup_task, "_seqboat_eval_lm_checked", False):
     tasks.setup_task = _checked(tasks.setup_task)

@@ -39,6 +39,8 @@ from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 from torch import Tensor
 
+from .patches import enabled
+
 TASK_NAME = "multiline_language_modeling"
 
 
@@ -188,7 +190,8 @@ def _generate_checked(self, sample, prefix_tokens=None, constraints=None, bos_to
     return _fairseq_generate(self, sample, prefix_tokens=prefix_tokens, constraints=constraints, bos_token=bos_token)
 
 
-SequenceGenerator._generate = _generate_checked  # fairseq-interactive, fairseq-generate and the hub
+if enabled("generate"):
+    SequenceGenerator._generate = _generate_checked  # fairseq-interactive, fairseq-generate and the hub
 
 
 def hub_task_override(kwargs: Dict) -> Dict:

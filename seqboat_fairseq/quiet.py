@@ -117,8 +117,13 @@ def install_excepthook() -> None:
 def install() -> None:
     """Runs at import: the Hydra deprecation filters, the ``hydra`` logger at INFO (unless
     ``LOGLEVEL=DEBUG`` or someone set its level already) and the one-line excepthook."""
+    from .patches import enabled
+
+    if enabled("excepthook"):
+        install_excepthook()
+    if not enabled("hydra_quiet"):
+        return
     silence_hydra_deprecations()
-    install_excepthook()
     if os.environ.get("LOGLEVEL", "").upper() != "DEBUG":
         hydra = logging.getLogger("hydra")
         if hydra.level == logging.NOTSET:

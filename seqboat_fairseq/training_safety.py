@@ -54,6 +54,7 @@ from fairseq.file_io import PathManager
 from omegaconf import DictConfig, open_dict
 
 from .checkpoint_compat import CheckpointError, checkpoint_problem
+from .patches import enabled
 
 try:
     import fcntl
@@ -109,7 +110,8 @@ class AtomicCopyPathManager(PathManager):
         return atomic_copy(src_path, dst_path)
 
 
-checkpoint_utils.PathManager = AtomicCopyPathManager
+if enabled("PathManager"):
+    checkpoint_utils.PathManager = AtomicCopyPathManager
 
 
 # --------------------------------------------------------------------------- 3. one run per save dir
@@ -234,7 +236,8 @@ def _guarded(load):
     return load_checkpoint
 
 
-checkpoint_utils.load_checkpoint = _guarded(checkpoint_utils.load_checkpoint)
+if enabled("load_checkpoint"):
+    checkpoint_utils.load_checkpoint = _guarded(checkpoint_utils.load_checkpoint)
 
 
 # --------------------------------------------------------------------------- 4. a writable save dir
@@ -255,5 +258,6 @@ def _verified(verify):
     return verify_checkpoint_directory
 
 
-if not getattr(checkpoint_utils.verify_checkpoint_directory, "_seqboat_verified", False):
+if enabled("verify_checkpoint_directory") and not getattr(checkpoint_utils.verify_checkpoint_directory,
+                                                         "_seqboat_verified", False):
     checkpoint_utils.verify_checkpoint_directory = _verified(checkpoint_utils.verify_checkpoint_directory)

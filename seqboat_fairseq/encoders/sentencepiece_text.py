@@ -20,6 +20,8 @@ the model is kept as it is.
 from fairseq.data.encoders import BPE_REGISTRY
 from fairseq.data.encoders.sentencepiece_bpe import SentencepieceBPE
 
+from ..patches import enabled
+
 LINE_BREAK = "</s>"
 
 
@@ -42,4 +44,5 @@ class SentencepieceTextBPE(SentencepieceBPE):
 
 # Replace, not register: fairseq refuses a second registration of a name, and the flag users
 # already pass (with its SentencepieceConfig options) should decode correctly.
-BPE_REGISTRY["sentencepiece"] = SentencepieceTextBPE
+if enabled("sentencepiece"):
+    BPE_REGISTRY["sentencepiece"] = SentencepieceTextBPE

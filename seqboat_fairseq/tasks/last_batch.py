@@ -19,6 +19,8 @@ each a multiple of the required size where it can be); what fairseq dropped, the
 import numpy as np
 from fairseq.data import data_utils
 
+from ..patches import enabled
+
 _fairseq_batch_by_size = data_utils.batch_by_size
 
 
@@ -40,4 +42,5 @@ def batch_by_size(indices, num_tokens_fn, num_tokens_vec=None, max_tokens=None, 
     return batches
 
 
-data_utils.batch_by_size = batch_by_size
+if enabled("batch_by_size"):
+    data_utils.batch_by_size = batch_by_size
