@@ -516,7 +516,7 @@ def main(argv=None) -> int:
     models = [m for m in args.models.split(",") if m]
     for flag, given, allowed in (("--settings", settings, SETTINGS), ("--models", models, MODELS)):
         if not given or any(x not in allowed for x in given):
-            raise SystemExit(f"{flag}: expected a subset of {','.join(allowed)}, got {','.join(given)}")
+            raise SystemExit(f"error: {flag}: expected a subset of {','.join(allowed)}, got {','.join(given)}")
     start_rev = code_revision()
     shapes = "; ".join(f"{s}: L={seq_len(s, args)}, D={shape(s, args)['dim']}, layers={shape(s, args)['layers']}, "
                        f"w={shape(s, args)['window']}" for s in settings)

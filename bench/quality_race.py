@@ -47,8 +47,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (PLUGIN_DIR, REPO_ROOT, code_revision, count_parameters, emit, format_table,  # noqa: E402
-                    quiet_fairseq_logging)
+from common import (PLUGIN_DIR, REPO_ROOT, code_revision, count_parameters, cpu_model, emit,  # noqa: E402
+                    format_table, quiet_fairseq_logging)
 
 MODELS = ("seqboat", "mega_chunk", "spade", "transformer")
 TASKS = ("lm", "listops")
@@ -434,14 +434,14 @@ def main(argv=None) -> int:
     models = [m for m in args.models.split(",") if m]
     for name, given, allowed in (("--tasks", tasks, TASKS), ("--models", models, MODELS)):
         if not given or any(x not in allowed for x in given):
-            raise SystemExit(f"{name}: expected a subset of {','.join(allowed)}, got {','.join(given)}")
+            raise SystemExit(f"error: {name}: expected a subset of {','.join(allowed)}, got {','.join(given)}")
     if "seqboat" not in models:
         models = ["seqboat", *models]  # the reference of the parameter counts and of the race
     work = os.path.abspath(args.work_dir)
     rev = code_revision()
     print(f"# quality_race: {args.minutes:g} min of training per model (fairseq --stop-time-hours), one model at a "
           f"time, {args.threads} thread(s) per process, seed {args.seed}; tasks {tasks}; work dir {work}; "
-          f"code {rev}", flush=True)
+          f"code {rev}; CPU: {cpu_model()} ({os.cpu_count()} cores)", flush=True)
 
     records, failures = [], []
     for task in tasks:
