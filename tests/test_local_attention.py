@@ -6,14 +6,17 @@ import pytest
 import torch
 
 from conftest import assert_close
-from seqboat_fairseq.modules.local_attention import local_attention
+from seqboat_fairseq.modules.local_attention import (MAX_BAND_WASTE, attention_block, local_attention,
+                                                     memory_attention, window_geometry)
 from seqboat_fairseq.modules.naive import dense_local_attention, rotary_complex
 from seqboat_fairseq.modules.positions import RelativePositionalBias, apply_rotary
 
 ACTIVATIONS = ["softmax", "relu2", "laplace"]
 POSITIONS = ["simple", "rotary", "local_pos"]
-# (slots, window): window divides, does not divide, exceeds the length; None = unbounded
-SHAPES = [(12, 4), (13, 4), (7, 3), (5, 9), (1, 2), (11, None)]
+# (slots, window): window divides, does not divide, exceeds the length; None = unbounded. w = 16
+# cuts 45 slots into query blocks smaller than w (4 bidirectional, 2 causal): edge blocks at both
+# ends, interior blocks between, the last block padded (test_blocking_is_exercised)
+SHAPES = [(12, 4), (13, 4), (7, 3), (5, 9), (1, 2), (11, None), (45, 16)]
 
 
 def _inputs(slots, causal, positions, window):
@@ -107,4 +110,87 @@ def test_gradcheck_local_attention():
     q, k, v = (t[:2].clone().requires_grad_() for t in (q, k, v))
     assert torch.autograd.gradcheck(
         lambda a, b, c: local_attention(a, b, c, valid[:2], window=3, causal=True, activation="softmax",
+                                        positions=pos[:2], bias=bias), (q, k, v))
+
+
+def test_blocking_is_exercised():
+    """The shapes above reach every part of the windowed blocking: query blocks smaller than the
+    window and larger than one slot, interior blocks (one bmm per row over strided frames), edge
+    blocks (frames cut at the row's ends), a padded last block, and a single-block row."""
+    for causal, block in ((False, 4), (True, 2)):
+        geometry = window_geometry(16, 45, causal)
+        assert geometry.block == block == attention_block(16, causal)
+        assert len(geometry.interior) >= 2 and len(geometry.edges()) >= 2
+        assert geometry.padded > 45 or not causal  # 45 = 22 * 2 + 1: padded causal; bidirectional 48
+        assert geometry.frame == (33 + 3 if not causal else 16 + 2)
+    assert window_geometry(16, 48, False).padded == 48 and window_geometry(4, 13, False).padded == 14
+    assert window_geometry(9, 5, True).num_blocks == 1  # the whole row in reach: one block
+
+
+def _products(geometry, causal, window, slots):
+    """(products computed, products allowed by the window) for one row of ``slots`` valid slots."""
+    computed = 0
+    for i in range(geometry.num_blocks):
+        first, end, _ = geometry.key_range(i)
+        computed += geometry.block * (end - first)
+    i = torch.arange(slots).unsqueeze(1)
+    j = torch.arange(slots).unsqueeze(0)
+    allowed = ((i - j >= 0) & (i - j <= window)) if causal else ((i - j).abs() <= window)
+    return computed, int(allowed.sum())
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_masked_work_is_at_most_15_percent(causal):
+    """Products outside the window are at most 15 % of the windowed attention's: per frame
+    (interior), and over whole rows at the benches' shapes (w = 128 at LRA Text / SC10 at 10-50 %
+    of 4,000 / 16,000 tokens, w = 1024 for the LM at 25 % of 8,192); compression rounds the slot
+    count to the query block, so a row has no empty slots of its own here. The old blocking
+    (query blocks of w, frames of 3w / 2w keys) wasted 33 % / 50 % per frame."""
+    for window in (16, 64, 128, 256, 1024):
+        block = attention_block(window, causal)
+        frame = window_geometry(window, 10 * window, causal).frame
+        allowed = window + 1 if causal else 2 * window + 1
+        assert 1 < block < window and 1 - allowed / frame <= MAX_BAND_WASTE <= 0.15, (window, block, frame)
+    for window, slots in ((128, 400), (128, 1000), (128, 2000), (128, 1600), (128, 4000), (128, 8000),
+                          (1024, 2048), (1024, 4096)):
+        slots = -(-slots // attention_block(window, causal)) * attention_block(window, causal)
+        computed, allowed = _products(window_geometry(window, slots, causal), causal, window, slots)
+        assert 1 - allowed / computed <= 0.15, (window, slots, 1 - allowed / computed)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_decode_equals_parallel(activation):
+    """One query at a time over its working memory (``memory_attention``, the decoding step: the w
+    previous valid slots and itself) == the blocked parallel pass, causal, with padding and a
+    position bias, at a window cut into query blocks of 2 (edges and interior)."""
+    window, slots = 16, 45
+    q, k, v, valid, pos, bias = _inputs(slots, True, "simple", window)
+    valid[0, 20:23] = False  # invalid slots inside a row
+    out = local_attention(q, k, v, valid, window=window, causal=True, activation=activation, positions=pos, bias=bias)
+    for i in range(slots):
+        lo = max(0, i - window)
+        memory_valid = valid[:, lo:i + 1]
+        step = memory_attention(q[:, i], k[:, lo:i + 1], v[:, lo:i + 1], memory_valid, window=window,
+                                activation=activation, offsets=pos[:, lo:i + 1] - pos[:, i:i + 1], bias=bias)
+        rows = valid[:, i] & memory_valid.any(-1)
+        assert_close(f"slot {i}", step[rows], out[rows, i], atol=1e-10)
+
+
+def test_slot_offset_bias_needs_no_positions():
+    """``positions=None`` biases slot offsets (``--local-pos``), as the slot indices do."""
+    for window, causal in ((16, True), (16, False), (None, True), (3, False)):
+        q, k, v, valid, pos, bias = _inputs(45, causal, "local_pos", window or 4)
+        kwargs = dict(window=window, causal=causal, activation="softmax", bias=bias)
+        assert_close("slot offsets", local_attention(q, k, v, valid, positions=None, **kwargs)[:2],
+                     local_attention(q, k, v, valid, positions=pos, **kwargs)[:2], atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_gradcheck_blocked_rows(causal):
+    """Gradients through the strided frames, the edge blocks and the overlap-add, two rows."""
+    q, k, v, valid, pos, bias = _inputs(19, causal, "simple", 8)
+    assert window_geometry(8, 19, causal).block == 2 and len(window_geometry(8, 19, causal).interior) > 0
+    q, k, v = (t[:2].clone().requires_grad_() for t in (q, k, v))
+    assert torch.autograd.gradcheck(
+        lambda a, b, c: local_attention(a, b, c, valid[:2], window=8, causal=causal, activation="relu2",
                                         positions=pos[:2], bias=bias), (q, k, v))

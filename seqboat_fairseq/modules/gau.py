@@ -19,7 +19,7 @@ Upstream fuses this into the layer (``mx_proj``, ``h_proj``, ``gamma``, ``beta``
 See ``docs/design.md``, 'GAU working memory', for the decoding state.
 """
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .initializers import linear, trunc_normal_
-from .local_attention import ATTENTION_ACTIVATIONS, local_attention, memory_attention
+from .local_attention import ATTENTION_ACTIVATIONS, attention_block, local_attention, memory_attention
 from .positions import RelativePositionalBias, apply_rotary
 from .recompute import gated_linear, silu_linear
 from .sma import Compression, compress, extract, plan_compression
@@ -106,12 +106,20 @@ class GatedAttentionUnit(nn.Module):
         q, k = qk.unbind(-2)
         return q, k, r, self.hidden_dropout(v)
 
+    @property
+    def block(self) -> Optional[int]:
+        """The attention's block, to which compression rounds the slot count: MEGA-chunk's c, or
+        the windowed attention's query block (``local_attention.attention_block``)."""
+        if self.window is None or self.chunked:
+            return self.window
+        return attention_block(self.window, self.causal)
+
     def bias_positions(self, positions: Tensor) -> Optional[Tensor]:
-        """Integer coordinates whose differences index the additive bias (None: rotary)."""
-        if self.rel_pos is None:
+        """Integer coordinates whose differences index the additive bias: the original positions,
+        or None (rotary: no bias; local_pos: the slot offsets, which ``local_attention`` derives
+        from its blocking, the same for every block)."""
+        if self.rel_pos is None or self.local_pos:
             return None
-        if self.local_pos:  # slot offsets in the compressed sequence
-            return torch.arange(positions.size(1), device=positions.device).expand_as(positions)
         return positions
 
     def output(self, attended: Tensor, r: Tensor) -> Tensor:
@@ -132,7 +140,7 @@ class GatedAttentionUnit(nn.Module):
     def forward(self, s: Tensor, active: Tensor) -> Tensor:
         """s: ``(B, L, D)``, active: ``(B, L)`` bool. Runs on the active tokens only; returns
         ``(B, L, D)`` with zeros at skipped tokens."""
-        plan = plan_compression(active, block=self.window)
+        plan = plan_compression(active, block=self.block)
         compressed = compress(s, plan)
         if self.recompute and torch.is_grad_enabled():
             # torch's checkpoint restores the RNG state (same dropout masks) and the autocast state
@@ -226,15 +234,10 @@ class GatedAttentionUnit(nn.Module):
         self._reserve(state, max_count)
         bsz, slots = state["key"].shape[:2]
         count = state["count"]
-        arange = torch.arange(slots, device=s.device).unsqueeze(0)
         # memory entries, ranks count - held .. count - 1 (chunked: the current chunk only, so the
         # joint sequence below starts at a chunk boundary and its chunks are the ranks' chunks)
         held = count % slots if self.chunked else count.clamp(max=slots)
-        # the memory in chronological order (oldest first): rank count - held + i is in slot rank % S
-        chronological = Compression((count - held).unsqueeze(1) + arange, arange < held.unsqueeze(1),
-                                    None, held, False)
-        if slots:
-            chronological = chronological._replace(index=chronological.index % slots * chronological.slot_valid)
+        chronological = read_ring_oldest_first(first=count - held, held=held, slots=slots)
 
         new_plan = plan_compression(active)
         new_positions = compress(positions, new_plan)
@@ -257,14 +260,11 @@ class GatedAttentionUnit(nn.Module):
         # the new ring: the last S of the joint (chronological) entries, the token of rank r in slot r % S
         total = count + new_plan.count
         kept = total % slots if self.chunked else total.clamp(max=slots)  # chunked: the current chunk
-        first = (total - kept).unsqueeze(1)  # rank of the oldest kept entry
-        ring_rank = first + (arange - first) % max(slots, 1)
-        ring_valid = ring_rank < total.unsqueeze(1)
-        source = (ring_rank - (count - held).unsqueeze(1)).clamp(min=0, max=max(joint_k.size(1) - 1, 0))
-        ring = Compression(source * ring_valid, ring_valid, None, kept, False)
+        ring, ring_rank = write_ring_from_chronological(first=total - kept, kept=kept, slots=slots,
+                                                        source_first=count - held, source_slots=joint_k.size(1))
         for name, joint_values in (("key", joint_k), ("value", joint_v), ("position", joint_pos)):
             state[name].copy_(compress(joint_values, ring))
-        state["rank"].copy_(ring_rank * ring_valid)
+        state["rank"].copy_(ring_rank)
         count.copy_(total)
         return out
 
@@ -273,3 +273,32 @@ class GatedAttentionUnit(nn.Module):
         span = f"chunk={self.window}" if self.chunked else f"window={self.window}"
         return (f"zdim={self.zdim}, hdim={self.hdim}, {span}, causal={self.causal}, "
                 f"activation={self.activation}, positions={pos}")
+
+
+# --------------------------------------------------------------------------- ring memory <-> chronological order
+# The decoding memory is a ring of S slots: the activated token of rank r (0-based) lives in
+# slot r % S. forward_chunk reads the ring oldest first, appends the new tokens, and writes the
+# newest entries back; these two plans do the index arithmetic (``compress`` applies them).
+def read_ring_oldest_first(*, first: Tensor, held: Tensor, slots: int) -> Compression:
+    """The plan that reads the ``held`` ``(B,)`` ring entries of ranks ``first`` .. ``first + held
+    - 1`` ``(B,)`` in chronological order: slot i reads ring slot ``(first + i) % S``, valid for
+    i < held."""
+    offset = torch.arange(slots, device=first.device).unsqueeze(0)
+    valid = offset < held.unsqueeze(1)
+    index = (first.unsqueeze(1) + offset) % max(slots, 1) * valid
+    return Compression(index=index, slot_valid=valid, rank=None, count=held, identity=False)
+
+
+def write_ring_from_chronological(*, first: Tensor, kept: Tensor, slots: int, source_first: Tensor,
+                                  source_slots: int) -> Tuple[Compression, Tensor]:
+    """The plan that fills a ring of S = ``slots`` slots with the ``kept`` ``(B,)`` entries of ranks
+    ``first`` .. ``first + kept - 1`` ``(B,)`` of a chronological sequence of ``source_slots`` slots
+    whose slot 0 holds rank ``source_first`` ``(B,)``. Ring slot j receives the kept rank that is
+    j modulo S (empty when there is none). Returns ``(plan, rank of each ring slot (B, S), 0 where empty)``."""
+    slot = torch.arange(slots, device=first.device).unsqueeze(0)
+    start = first.unsqueeze(1)
+    rank = start + (slot - start) % max(slots, 1)  # the smallest rank >= first that is slot modulo S
+    valid = rank < (first + kept).unsqueeze(1)
+    source = (rank - source_first.unsqueeze(1)).clamp(min=0, max=max(source_slots - 1, 0))
+    return (Compression(index=source * valid, slot_valid=valid, rank=None, count=kept, identity=False),
+            rank * valid)

@@ -15,9 +15,15 @@ For relu2 and laplace the weights are multiplied by the mask *after* the activat
 laplace(0) != 0 never leaks through padding or out-of-window keys (upstream hazard H3,
 see docs/design.md, 'Masking').
 
-The windowed path is blocked: queries are cut into blocks of ``min(w, C)`` slots, each
-attending to a frame made of the neighbouring key blocks, so memory and compute are
-O(C * w), never O(C^2). ``naive.dense_local_attention`` is the dense reference.
+The windowed path is blocked (``WindowGeometry``): queries are cut into blocks of b slots, b
+smaller than w (``attention_block``: at most 12.5 % of a frame's products fall outside the
+window), and block i multiplies the frame of keys ``[i b - w', i b + b + w')`` (causal:
+``[i b - w', i b + b)``), ``w' = ceil(w / b) b``: ``2w + b`` keys (causal ``w + b``) where the
+window allows ``2w + 1`` (``w + 1``). The frames are strided views of k and v, so each product is
+one bmm per row (edge blocks, whose frames reach past the row, one bmm each on the part inside it),
+in two autograd Functions (``_FramedScores``, ``_FramedProduct``) whose backward passes are bmm
+calls too. Memory and compute are O(C * w), never O(C^2). ``naive.dense_local_attention`` is the
+dense reference.
 
 ``chunked_attention`` (``local_attention(..., chunked=True)``) is MEGA's chunked attention, the
 MEGA-chunk baseline's: the slots are cut into fixed, non-overlapping chunks of ``c`` slots and a
@@ -27,8 +33,9 @@ and bias; relu2/laplace use the full-mode normaliser *per chunk* (1 / (index in 
 causal, 1 / (valid slots of the chunk) bidirectional), as MEGA does.
 """
 
+import functools
 import math
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -66,26 +73,88 @@ def attention_weights(scores: Tensor, mask: Tensor, activation: str) -> Tensor:
     raise ValueError(f"unknown attention activation {activation!r}; expected one of {ATTENTION_ACTIVATIONS}")
 
 
-def _frames(x: Tensor, num_blocks: int, block: int, back: int, ahead: int) -> Tensor:
-    """(B, num_blocks * block, *F) -> (B, num_blocks, (back + 1 + ahead) * block, *F):
-    for every block the concatenation of blocks [b - back, b + ahead] (zeros outside)."""
-    bsz = x.size(0)
-    xb = x.reshape(bsz, num_blocks, block, *x.shape[2:])
-    if back == 0 and ahead == 0:
-        return xb
-    pad_back = xb.new_zeros(bsz, back, *xb.shape[2:])
-    pad_ahead = xb.new_zeros(bsz, ahead, *xb.shape[2:])
-    xp = torch.cat([pad_back, xb, pad_ahead], dim=1)
-    return torch.cat([xp[:, i:i + num_blocks] for i in range(back + 1 + ahead)], dim=2)
+class WindowGeometry(NamedTuple):
+    """How the windowed path cuts a row of slots into query blocks and key frames.
+
+    Query block ``i`` (slots ``[i b, (i + 1) b)``) multiplies the frame of keys
+    ``[i b - before, i b + b + after)``: ``before = ceil(w / b) b`` and ``after`` the same
+    (bidirectional) or 0 (causal), so ``frame = before + b + after`` keys, ``2w + b`` / ``w + b``
+    when b divides w. Of a frame, a query may use ``2w + 1`` keys (causal: ``w + 1``); the other
+    products are masked. The first ``before / b`` and last ``after / b`` blocks, whose frames
+    reach past the row, multiply only the part of the frame inside it (``key_range``).
+    """
+
+    block: int
+    before: int
+    after: int
+    num_blocks: int
+
+    @property
+    def frame(self) -> int:
+        return self.before + self.block + self.after
+
+    @property
+    def padded(self) -> int:
+        return self.num_blocks * self.block
+
+    @property
+    def interior(self) -> range:
+        """Blocks whose frame lies inside the row."""
+        return range(self.before // self.block, self.num_blocks - self.after // self.block)
+
+    def edges(self) -> list:
+        """The other blocks (at most ``(before + after) / b``)."""
+        inner = self.interior
+        return [i for i in range(self.num_blocks) if i not in inner]
+
+    def key_range(self, i: int):
+        """``(first key, end key, frame column of the first key)`` of block i inside the row."""
+        start = i * self.block - self.before
+        first, end = max(start, 0), min(start + self.frame, self.padded)
+        return first, end, first - start
 
 
-def _pad_slots(extra: int, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, positions: Optional[Tensor]):
-    """Appends ``extra`` empty (invalid) slots so the slot count is a multiple of the block size."""
-    if extra == 0:
-        return q, k, v, key_valid, positions
-    q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
-    key_valid = F.pad(key_valid, (0, extra), value=False)
-    return q, k, v, key_valid, None if positions is None else F.pad(positions, (0, extra))
+# most a frame may waste inside the sequence (out-of-window products / frame): the largest query
+# block b with (b - 1) / (2w + b) (bidirectional) or (b - 1) / (w + b) (causal) at most this
+MAX_BAND_WASTE = 0.125
+
+
+@functools.lru_cache(maxsize=None)
+def attention_block(window: int, causal: bool) -> int:
+    """The query block b of a window w: the largest b <= w whose frame wastes at most
+    ``MAX_BAND_WASTE`` of its products on keys outside the window (a divisor of w, in practice).
+    w = 128: 32 bidirectional (frame 288, 10.8 % wasted), 16 causal (frame 144, 10.4 %)."""
+    best = 1
+    for block in range(1, window + 1):
+        before = -(-window // block) * block
+        frame = before + block + (0 if causal else before)
+        if 1.0 - ((window + 1) if causal else (2 * window + 1)) / frame <= MAX_BAND_WASTE:
+            best = block
+    return best
+
+
+def window_geometry(window: int, slots: int, causal: bool) -> WindowGeometry:
+    """The blocking of ``slots`` for a window w. At most ``w + 1`` slots (every key in reach of
+    every query, bar causality): one block, whose frame is the row."""
+    if slots <= window + 1:
+        return WindowGeometry(max(slots, 1), 0, 0, 1)
+    block = attention_block(window, causal)
+    before = -(-window // block) * block
+    return WindowGeometry(block, before, 0 if causal else before, -(-slots // block))
+
+
+def scale_queries(q: Tensor, key_valid: Tensor, activation: str, window: Optional[int], causal: bool) -> Tensor:
+    """q times the activation's scale (docs/design.md, 'Scaling and activations')."""
+    scale = query_scale(activation, q.size(-1), window, causal)
+    if scale is not None:
+        return q * scale
+    # relu2/laplace in full mode: 1 / (number of keys the row can see)
+    bsz, slots = key_valid.shape
+    if causal:
+        n = torch.arange(1, slots + 1, device=q.device).expand(bsz, slots)
+    else:
+        n = key_valid.sum(-1, keepdim=True).clamp(min=1).expand(bsz, slots)
+    return q / n.unsqueeze(-1).to(q.dtype)
 
 
 def local_attention(
@@ -109,7 +178,8 @@ def local_attention(
         v: ``(B, C, H)``.
         key_valid: ``(B, C)`` bool, False for padded slots.
         window: working-memory size w (> 0), or None for unbounded (SeqBoat-full).
-        positions: ``(B, C)`` integer positions fed to ``bias`` (offset = pos_k - pos_q).
+        positions: ``(B, C)`` integer positions fed to ``bias`` (offset = pos_k - pos_q); None
+            with a bias: the slot indices (the bias of slot offsets, ``--local-pos``).
         bias: maps integer offsets to an additive score bias (RelativePositionalBias).
         dropout: applied to the attention weights.
         chunked: ``window`` is a chunk size c: MEGA's chunked attention (``chunked_attention``).
@@ -121,77 +191,230 @@ def local_attention(
                                  positions=positions, bias=bias, dropout=dropout)
     if window is not None and window <= 0:
         raise ValueError(f"window must be positive or None, got {window}")
-    bsz, slots, zdim = q.shape
-    scale = query_scale(activation, zdim, window, causal)
-    if scale is None:  # relu2/laplace in full mode: 1 / (number of keys the row can see)
-        if causal:
-            n = torch.arange(1, slots + 1, device=q.device).expand(bsz, slots)
-        else:
-            n = key_valid.sum(-1, keepdim=True).clamp(min=1).expand(bsz, slots)
-        q = q / n.unsqueeze(-1).to(q.dtype)
-    else:
-        q = q * scale
-
+    q = scale_queries(q, key_valid, activation, window, causal)
     if window is None:
-        block, back, ahead = slots, 0, 0
-    else:
-        block = min(window, slots)
-        num_blocks = -(-slots // block)
-        back = min(-(-window // block), num_blocks - 1)
-        ahead = 0 if causal else back
-    num_blocks = -(-slots // block)
-    padded = num_blocks * block
-    q, k, v, key_valid, positions = _pad_slots(padded - slots, q, k, v, key_valid, positions)
-
-    # Blocks of all rows, flattened: block i attends to blocks i + o, o in [-back, ahead] (0 or 1
-    # each), as one batched matmul per offset on *views* of q, k and v, so autograd keeps q, k and
-    # v themselves rather than frames of neighbouring blocks (2x k and v with back = 1, 3x
-    # bidirectional). A shifted block may belong to the neighbouring row: the frame mask, built
-    # per row, never allows it.
-    q, k = upcast(q), upcast(k)
-    qb = q.reshape(bsz * num_blocks, block, zdim)
-    kb = k.reshape(bsz * num_blocks, block, zdim).transpose(1, 2)
-    vb = v.reshape(bsz * num_blocks, block, v.size(-1))
-    offsets = range(-back, ahead + 1)
-    valid_f = _frames(key_valid, num_blocks, block, back, ahead)  # (B, nb, frame); False outside the row
-
-    frame = (back + 1 + ahead) * block
-    # slot offset key - query inside a frame; the same for every block
-    rel = (torch.arange(frame, device=q.device).unsqueeze(0) - back * block
-           - torch.arange(block, device=q.device).unsqueeze(1))  # (block, frame)
-    if window is None:
-        band = rel <= 0 if causal else torch.ones_like(rel, dtype=torch.bool)
-    elif causal:
-        band = (rel <= 0) & (rel >= -window)
-    else:
-        band = rel.abs() <= window
-    mask = (band & valid_f.unsqueeze(2)).flatten(0, 1)  # (B nb, block, frame)
-
-    scores = torch.cat([_shifted_bmm(qb, kb, o) for o in offsets], dim=-1)  # (B nb, block, frame)
+        return _full_attention(q, k, v, key_valid, causal, activation, positions, bias, dropout)
+    geometry = window_geometry(window, q.size(1), causal)
+    scores = _FramedScores.apply(q, k, geometry)  # (B, nb, block, frame)
     if bias is not None:
-        pos_q = positions.reshape(bsz, num_blocks, block)
-        pos_k = _frames(positions, num_blocks, block, back, ahead)
-        scores = scores + upcast(bias(pos_k.unsqueeze(2) - pos_q.unsqueeze(3))).flatten(0, 1)
+        scores = scores + upcast(bias(_frame_offsets(positions, geometry, q.device)))
+    mask = _window_mask(key_valid, geometry, window, causal)
+    weights = attention_weights(upcast(scores), mask, activation).type_as(v)
+    if dropout is not None:
+        weights = dropout(weights)
+    return _FramedProduct.apply(weights, v, geometry)
+
+
+def _full_attention(q, k, v, key_valid, causal, activation, positions, bias, dropout) -> Tensor:
+    """SeqBoat-full: every valid key (causal: every earlier-or-equal one), ``(B, C, C)`` scores."""
+    slots = q.size(1)
+    scores = torch.bmm(upcast(q), upcast(k).transpose(1, 2))
+    if bias is not None:
+        if positions is None:
+            positions = torch.arange(slots, device=q.device).unsqueeze(0)
+        scores = scores + upcast(bias(positions.unsqueeze(1) - positions.unsqueeze(2)))
+    mask = key_valid.unsqueeze(1)
+    if causal:
+        index = torch.arange(slots, device=q.device)
+        mask = mask & (index.unsqueeze(0) <= index.unsqueeze(1))
     weights = attention_weights(scores, mask, activation).type_as(v)
     if dropout is not None:
         weights = dropout(weights)
-    first, *rest = (_shifted_bmm(w, vb, o) for w, o in zip(weights.split(block, dim=-1), offsets))
-    out = sum(rest, first)  # not sum(parts): its start value 0 costs one more full-size add
-    return out.reshape(bsz, padded, -1)[:, :slots]
+    return torch.bmm(weights, v)
 
 
-def _shifted_bmm(a: Tensor, b: Tensor, offset: int) -> Tensor:
-    """``out[i] = a[i] @ b[i + offset]`` for a, b ``(N, ., .)``; zeros where ``i + offset`` is
-    outside ``[0, N)``. Slices of the leading axis are views, so nothing is copied."""
-    if offset == 0:
-        return torch.bmm(a, b)
-    count = a.size(0) - abs(offset)
-    zeros = a.new_zeros(min(abs(offset), a.size(0)), a.size(1), b.size(2))
-    if count <= 0:
-        return zeros
-    if offset < 0:
-        return torch.cat([zeros, torch.bmm(a[-offset:], b[:count])], dim=0)
-    return torch.cat([torch.bmm(a[:count], b[offset:]), zeros], dim=0)
+# ----------------------------------------------------------------------------- windowed: masks, bias
+def _frame_view(x: Tensor, geometry: WindowGeometry, value) -> Tensor:
+    """``(B, C)`` -> ``(B, nb, frame)``: the frame of every block (``value`` outside the row), a
+    strided view of one padded copy (for masks and positions; no gradient)."""
+    bsz, slots = x.shape
+    row = geometry.before + geometry.padded + geometry.after
+    buffer = F.pad(x, (geometry.before, row - geometry.before - slots), value=value)
+    return buffer.as_strided((bsz, geometry.num_blocks, geometry.frame), (row, geometry.block, 1))
+
+
+def _band(geometry: WindowGeometry, window: int, causal: bool, device) -> Tensor:
+    """``(block, frame)`` bool: frame key f lies in the window of the block's query t."""
+    rel = (torch.arange(geometry.frame, device=device) - geometry.before).unsqueeze(0) \
+        - torch.arange(geometry.block, device=device).unsqueeze(1)  # key slot - query slot
+    return (rel <= 0) & (rel >= -window) if causal else rel.abs() <= window
+
+
+def _window_mask(key_valid: Tensor, geometry: WindowGeometry, window: int, causal: bool) -> Tensor:
+    """``(B, nb, block, frame)`` bool: the window band and the key's validity (False outside the row)."""
+    valid = _frame_view(key_valid, geometry, False)
+    return _band(geometry, window, causal, key_valid.device) & valid.unsqueeze(2)
+
+
+def _frame_offsets(positions: Optional[Tensor], geometry: WindowGeometry, device) -> Tensor:
+    """Integer ``pos_key - pos_query`` of every product, ``(B, nb, block, frame)``; for slot
+    offsets (``positions`` None) the same for every block, ``(block, frame)``."""
+    if positions is None:
+        return (torch.arange(geometry.frame, device=device) - geometry.before).unsqueeze(0) \
+            - torch.arange(geometry.block, device=device).unsqueeze(1)
+    keys = _frame_view(positions, geometry, 0)
+    queries = _blocks(positions.unsqueeze(-1), geometry)  # (B, nb, block, 1)
+    return keys.unsqueeze(2) - queries
+
+
+# ----------------------------------------------------------------------------- windowed: products
+# Three framed products, each a few large bmm calls: one per row over its interior blocks, whose
+# frames are one strided *view* of the row's keys (``as_strided``, nothing copied), and one per
+# edge block position over all rows, on the part of the frame inside the row.
+#   _to_frames(a, keys):   a[v] @ frame[v]^T     (B, nb, b, F) x (B, P, F) -> (B, nb, b, frame)
+#   _from_frames(w, keys): w[v] @ frame[v]       (B, nb, b, frame) x (B, P, F) -> (B, nb, b, F)
+#   _onto_keys(w, a):      sum over the frames holding each key of w[v]^T @ a[v] -> (B, P, F)
+def _interior_frames(keys: Tensor, geometry: WindowGeometry) -> Tensor:
+    """The interior blocks' frames of one row, ``(n, frame, F)``, a view of keys ``(P, F)``."""
+    inner = geometry.interior
+    start = inner.start * geometry.block - geometry.before
+    row = keys[start:]
+    return row.as_strided((len(inner), geometry.frame, keys.size(-1)),
+                          (geometry.block * row.stride(0), row.stride(0), row.stride(1)))
+
+
+def _to_frames(a: Tensor, keys: Tensor, geometry: WindowGeometry) -> Tensor:
+    bsz, nb, block = a.shape[:3]
+    out = a.new_empty(bsz, nb, block, geometry.frame)
+    inner = geometry.interior
+    if len(inner):
+        for r in range(bsz):
+            torch.bmm(a[r, inner.start:inner.stop], _interior_frames(keys[r], geometry).transpose(1, 2),
+                      out=out[r, inner.start:inner.stop])
+    for i in geometry.edges():
+        first, end, column = geometry.key_range(i)
+        out[:, i, :, :column] = 0
+        out[:, i, :, column + end - first:] = 0
+        out[:, i, :, column:column + end - first] = torch.bmm(a[:, i], keys[:, first:end].transpose(1, 2))
+    return out
+
+
+def _from_frames(w: Tensor, keys: Tensor, geometry: WindowGeometry) -> Tensor:
+    bsz, nb, block = w.shape[:3]
+    out = w.new_empty(bsz, nb, block, keys.size(-1))
+    inner = geometry.interior
+    if len(inner):
+        for r in range(bsz):
+            torch.bmm(w[r, inner.start:inner.stop], _interior_frames(keys[r], geometry),
+                      out=out[r, inner.start:inner.stop])
+    for i in geometry.edges():
+        first, end, column = geometry.key_range(i)
+        out[:, i] = torch.bmm(w[:, i, :, column:column + end - first], keys[:, first:end])
+    return out
+
+
+def _onto_keys(w: Tensor, a: Tensor, geometry: WindowGeometry) -> Tensor:
+    bsz, nb, block = a.shape[:3]
+    out = a.new_zeros(bsz, nb, block, a.size(-1))  # the keys, in blocks
+    inner = geometry.interior
+    if len(inner):
+        # frame sub-block j of interior block inner.start + t is key block t + j
+        for r in range(bsz):
+            grad_frames = torch.bmm(w[r, inner.start:inner.stop].transpose(1, 2), a[r, inner.start:inner.stop])
+            for j in range(geometry.frame // block):
+                out[r, j:j + len(inner)] += grad_frames[:, j * block:(j + 1) * block]
+    flat = out.view(bsz, geometry.padded, a.size(-1))
+    for i in geometry.edges():
+        first, end, column = geometry.key_range(i)
+        flat[:, first:end] += torch.bmm(w[:, i, :, column:column + end - first].transpose(1, 2), a[:, i])
+    return flat
+
+
+def _blocks(x: Tensor, geometry: WindowGeometry) -> Tensor:
+    """``(B, C, F)`` -> ``(B, nb, block, F)`` (a view, or a padded copy when C < padded)."""
+    if geometry.padded > x.size(1):
+        x = F.pad(x, (0, 0, 0, geometry.padded - x.size(1)))
+    return x.reshape(x.size(0), geometry.num_blocks, geometry.block, x.size(-1))
+
+
+def _rows(x: Tensor, geometry: WindowGeometry) -> Tensor:
+    """``(B, C, F)`` -> ``(B, padded, F)`` with unit stride along F (a view, or a copy)."""
+    if geometry.padded > x.size(1):
+        return F.pad(x, (0, 0, 0, geometry.padded - x.size(1)))
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype a bmm of these would run in: autocast's where it is on, else the promoted one."""
+    device = tensors[0].device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+class _FramedScores(torch.autograd.Function):
+    """``scores = q_block @ k_frame^T`` for every block, ``(B, nb, block, frame)``, from q, k
+    ``(B, C, Z)``; 0 in the columns of edge blocks outside the row. Keeps q and k. Products in
+    the dtype autocast would use (forward and backward, as autograd through autocast's bmm)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, geometry: WindowGeometry) -> Tensor:
+        dtype = _compute_dtype(q, k)
+        with torch.autocast(q.device.type, enabled=False):
+            q_blocks, keys = _blocks(q.to(dtype), geometry), _rows(k.to(dtype), geometry)
+            scores = _to_frames(q_blocks, keys, geometry)
+        ctx.save_for_backward(q_blocks, keys)
+        ctx.geometry, ctx.slots, ctx.dtypes = geometry, q.size(1), (q.dtype, k.dtype)
+        return scores
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        q_blocks, keys = ctx.saved_tensors
+        geometry, (q_dtype, k_dtype) = ctx.geometry, ctx.dtypes
+        grad = grad.to(q_blocks.dtype).contiguous()
+        grad_q = grad_k = None
+        with torch.autocast(grad.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                grad_q = _unblock(_from_frames(grad, keys, geometry), ctx.slots).to(q_dtype)
+            if ctx.needs_input_grad[1]:
+                grad_k = _onto_keys(grad, q_blocks, geometry)[:, :ctx.slots].to(k_dtype)
+        return grad_q, grad_k, None
+
+
+class _FramedProduct(torch.autograd.Function):
+    """``out_block = weights @ v_frame`` for every block: weights ``(B, nb, block, frame)``, v
+    ``(B, C, H)`` -> ``(B, C, H)``. Keeps the weights and v. As ``_FramedScores``."""
+
+    @staticmethod
+    def forward(ctx, weights: Tensor, v: Tensor, geometry: WindowGeometry) -> Tensor:
+        dtype, weights_dtype = _compute_dtype(weights, v), weights.dtype
+        with torch.autocast(v.device.type, enabled=False):
+            weights, values = weights.to(dtype), _rows(v.to(dtype), geometry)
+            out = _from_frames(weights, values, geometry)
+        ctx.save_for_backward(weights, values)
+        ctx.geometry, ctx.slots, ctx.dtypes = geometry, v.size(1), (weights_dtype, v.dtype)
+        return _unblock(out, v.size(1))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        weights, values = ctx.saved_tensors
+        geometry, (weights_dtype, v_dtype) = ctx.geometry, ctx.dtypes
+        grad = _blocks(grad.to(weights.dtype), geometry).contiguous()
+        grad_weights = grad_v = None
+        with torch.autocast(grad.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                grad_weights = _to_frames(grad, values, geometry).to(weights_dtype)
+            if ctx.needs_input_grad[1]:
+                grad_v = _onto_keys(weights, grad, geometry)[:, :ctx.slots].to(v_dtype)
+        return grad_weights, grad_v, None
+
+
+def _unblock(x: Tensor, slots: int) -> Tensor:
+    """``(B, nb, block, F)`` -> ``(B, C, F)`` (a view)."""
+    x = x.flatten(1, 2)
+    return x[:, :slots] if slots < x.size(1) else x
+
+
+def _pad_slots(extra: int, q: Tensor, k: Tensor, v: Tensor, key_valid: Tensor, positions: Optional[Tensor]):
+    """Appends ``extra`` empty (invalid) slots so the slot count is a multiple of the block size."""
+    if extra == 0:
+        return q, k, v, key_valid, positions
+    q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
+    key_valid = F.pad(key_valid, (0, extra), value=False)
+    return q, k, v, key_valid, None if positions is None else F.pad(positions, (0, extra))
 
 
 def chunked_attention(
@@ -240,7 +463,9 @@ def chunked_attention(
     if causal:
         mask = mask & (index.unsqueeze(0) <= index.unsqueeze(1))  # (B, nb, block, block)
     scores = torch.einsum("bnqz,bnkz->bnqk", upcast(qb), upcast(kb))
-    if bias is not None:
+    if bias is not None and positions is None:  # slot offsets: the same for every chunk
+        scores = scores + upcast(bias(index.unsqueeze(0) - index.unsqueeze(1)))
+    elif bias is not None:
         pos = positions.reshape(bsz, num_blocks, block)
         scores = scores + upcast(bias(pos.unsqueeze(2) - pos.unsqueeze(3)))
     weights = attention_weights(scores, mask.expand_as(scores), activation).type_as(v)
@@ -267,8 +492,9 @@ def memory_attention(
 
     Args:
         q: ``(B, Z)`` query of the new token (rotary applied, not scaled).
-        memory_k, memory_v: ``(B, M, Z)``, ``(B, M, H)``: the remembered activated tokens
-            followed by the new token itself (it always attends to itself).
+        memory_k, memory_v: ``(B, M, Z)``, ``(B, M, H)``: the working memory, the new token's
+            key and value included (it always attends to itself); in any slot order (the GAU's
+            ring holds the token of rank r in slot r % M, so the new token is in slot count % M).
         memory_valid: ``(B, M)`` bool.
         offsets: ``(B, M)`` integer ``pos_key - pos_query`` for ``bias``.
     Returns ``(B, H)``.

@@ -105,7 +105,8 @@ class Compression(NamedTuple):
 def plan_compression(active: Tensor, block: Optional[int] = None) -> Compression:
     """Builds the slot layout for ``active`` ``(B, L)`` bool. One host sync (C is a shape).
 
-    ``block``: the attention's block (the window w or MEGA-chunk's c): a slot count above it is
+    ``block``: the attention's block (the windowed attention's query block or MEGA-chunk's c,
+    ``GatedAttentionUnit.block``): a slot count above it is
     rounded up to a multiple of it, with empty slots, so that the attention cuts the compressed
     sequence into blocks as it is instead of copying q, k and v into padded ones (the copies were
     kept for the backward pass: 6 % of an LM step's memory). Empty slots are invalid keys and
