@@ -1,5 +1,6 @@
 """SeqBoat building blocks. ``naive`` (dense, loop-based references) is for tests only."""
 
+from .decoding_layer import DecodingLayer
 from .ema import MultiHeadEMA
 from .ffn import NormalizedFeedForwardNetwork
 from .gau import GatedAttentionUnit
@@ -11,7 +12,7 @@ from .sma import LatentConfigurator, compress, extract, forced_activation, plan_
 from .spade_layer import SpadeLayer
 
 __all__ = [
-    "GatedAttentionUnit", "LatentConfigurator", "LayerActivation", "MultiHeadEMA",
+    "DecodingLayer", "GatedAttentionUnit", "LatentConfigurator", "LayerActivation", "MultiHeadEMA",
     "NormalizedFeedForwardNetwork", "RelativePositionalBias", "SeqBoatLayer", "SequenceNorm", "SpadeLayer",
     "apply_rotary", "compress", "extract", "forced_activation", "local_attention", "plan_compression",
     "upgrade_upstream_layer_keys",

@@ -22,32 +22,20 @@ which changes the window of every other row: upstream hazard H1, see docs/design
 'Compression').
 """
 
-from typing import Any, Dict, NamedTuple, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from fairseq.incremental_decoding_utils import with_incremental_state
 from fairseq.modules.fairseq_dropout import FairseqDropout
-from torch import Tensor, nn
+from torch import Tensor
 
+from .decoding_layer import DecodingLayer, DecodingState, LayerActivation
 from .ema import MultiHeadEMA
 from .ffn import NormalizedFeedForwardNetwork
 from .gau import GatedAttentionUnit
 from .initializers import linear
 from .norms import SequenceNorm
 from .sma import LatentConfigurator
-
-
-class LayerActivation(NamedTuple):
-    """Per-token routing outcome of one layer: ``active`` (B, L) bool and the gate
-    ``confidence`` (B, L) (max router probability for active tokens, else 0; all-ones for
-    always-active layers)."""
-
-    active: Tensor
-    confidence: Tensor
-
-
-DecodingState = Dict[str, Any]
 
 
 def resolve_window(window: Optional[int]) -> Optional[int]:
@@ -88,20 +76,13 @@ def advance(state: Optional[DecodingState], seq_len: int) -> None:
         state["length"] += seq_len
 
 
-@with_incremental_state
-class SeqBoatLayer(nn.Module):
+class SeqBoatLayer(DecodingLayer):
     """A SeqBoat layer on time-major ``(L, B, D)`` inputs. See the module docstring.
 
     One pipeline (``_pipeline``) runs in the three modes of the decoding contract that every
-    sub-module implements (``docs/design.md``, 'Decoding state'): the parallel ``forward``,
-    ``step`` (one new token) and ``forward_chunk`` (several, e.g. a prompt). The decoding state
-    (causal layers) lives in fairseq's ``incremental_state`` under this module's
-    ``seqboat_state`` key::
-
-        {"ema": MultiHeadEMA state, "gau": the GAU's working memory,
-         "position": (B,) tokens consumed (on the device), "length": the same count as a Python int}
-
-    Each sub-module owns its part and updates it in place. Its size is constant for SeqBoat
+    sub-module implements (:class:`~seqboat_fairseq.modules.decoding_layer.DecodingLayer`, which
+    also describes the decoding state: ``{"ema", "gau", "position", "length"}``). Each
+    sub-module owns its part and updates it in place. Its size is constant for SeqBoat
     (``w + 1`` memory slots, the EMA's truncation ring); SeqBoat-full's memory grows with the
     context (docs/design.md, 'GAU working memory').
     """
@@ -159,10 +140,6 @@ class SeqBoatLayer(nn.Module):
             if ffn_dim > 0 else None
         )
 
-    @property
-    def window(self) -> Optional[int]:
-        return self.gau.window
-
     def route(self, s: Tensor, padding_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
         """s: ``(B, L, D)`` -> ``(hx (B, L, D), active (B, L), gate (B, L) or None)``."""
         h = self.hx_proj(s)
@@ -185,24 +162,6 @@ class SeqBoatLayer(nn.Module):
         if not self.prenorm:
             y = self.norm(y)
         return self.ffn(y) if self.ffn is not None else y
-
-    def forward(self, x: Tensor, padding_mask: Optional[Tensor] = None,
-                incremental_state: Optional[Dict[str, Dict[str, Any]]] = None,
-                ) -> Tuple[Tensor, LayerActivation]:
-        """x: ``(L, B, D)``; padding_mask: ``(B, L)`` True = pad.
-
-        With ``incremental_state``, x holds the *new* tokens only: one (``step``) or several
-        (``forward_chunk``, e.g. a prompt) continuing the stored state.
-        Returns ``(y (L, B, D), LayerActivation)``.
-        """
-        if incremental_state is None:
-            return self._pipeline(x, padding_mask, None)
-        state = self.get_incremental_state(incremental_state, "seqboat_state")
-        if state is None:
-            state = self.init_state(x.size(1), x.device, x.dtype)
-        y, activation = self._pipeline(x, padding_mask, state)
-        self.set_incremental_state(incremental_state, "seqboat_state", state)
-        return y, activation
 
     def _pipeline(self, x: Tensor, padding_mask: Optional[Tensor], state: Optional[DecodingState]
                   ) -> Tuple[Tensor, LayerActivation]:
@@ -231,45 +190,6 @@ class SeqBoatLayer(nn.Module):
             "position": torch.zeros(batch_size, dtype=torch.long, device=device),
             "length": 0,
         }
-
-    def step(self, x: Tensor, state: DecodingState, padding_mask: Optional[Tensor] = None
-             ) -> Tuple[Tensor, LayerActivation, DecodingState]:
-        """One new token per row: x ``(B, D)``. O(w) work, independent of the context length, no
-        host synchronisation; the state is updated in place. Equals the parallel causal
-        ``forward`` at this position (tested). Returns ``(y (B, D), LayerActivation of (B, 1), state)``."""
-        y, activation = self._pipeline(x.unsqueeze(0), None if padding_mask is None else padding_mask.unsqueeze(1),
-                                       state)
-        return y[0], activation, state
-
-    def forward_chunk(self, x: Tensor, state: DecodingState, padding_mask: Optional[Tensor] = None
-                      ) -> Tuple[Tensor, LayerActivation, DecodingState]:
-        """Several new tokens at once (prompt prefill), continuing ``state``: x ``(T, B, D)``.
-        Leaves the same state as T calls of ``step`` (tested). Returns ``(y (T, B, D), activation, state)``."""
-        y, activation = self._pipeline(x, padding_mask, state)
-        return y, activation, state
-
-    def decoded_length(self, incremental_state) -> int:
-        """How many tokens the stored state has consumed (0 without a state); read on the host."""
-        state = self.get_incremental_state(incremental_state, "seqboat_state")
-        return 0 if state is None else state["length"]
-
-    def reorder_incremental_state(self, incremental_state, new_order: Tensor):
-        """Beam search: every tensor of the state is batch-first, so reordering is one
-        index_select per tensor. The MD-EMA's per-decode ``StepCoefficients`` (a NamedTuple of
-        parameter-derived tensors, the same for every row) are kept as they are, as are the
-        host-side counters."""
-        state = self.get_incremental_state(incremental_state, "seqboat_state")
-        if state is not None:
-            self.set_incremental_state(incremental_state, "seqboat_state", _reorder(state, new_order))
-        return incremental_state
-
-
-def _reorder(state: Any, new_order: Tensor) -> Any:
-    if isinstance(state, Tensor):
-        return state.index_select(0, new_order)
-    if isinstance(state, dict):
-        return {key: _reorder(value, new_order) for key, value in state.items()}
-    return state  # host-side counters, the MD-EMA's StepCoefficients (not per row)
 
 
 # --------------------------------------------------------------------------- checkpoints

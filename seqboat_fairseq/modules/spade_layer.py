@@ -17,10 +17,10 @@ branches' concatenation. Simplifications against the paper (MD-EMA instead of S4
 single-head GAU instead of multi-head softmax attention, the FFN size chosen to match a SeqBoat
 preset's parameter count) are listed in docs/design.md, 'Baselines'.
 
-The layer follows the decoding contract of ``SeqBoatLayer`` (``init_state`` / ``step`` /
-``forward_chunk``, state in fairseq's ``incremental_state`` under ``seqboat_state``, updated in
-place, no host synchronisation in ``step``), so the SeqBoat LM decoder and the LRA encoder use
-it unchanged: ``{"ema": MD-EMA state (global layer only), "gau": the window ring of w + 1 slots,
+Like ``SeqBoatLayer`` it is a :class:`~seqboat_fairseq.modules.decoding_layer.DecodingLayer`
+(``init_state`` / ``step`` / ``forward_chunk``, state in fairseq's ``incremental_state`` under
+``seqboat_state``, updated in place, no host synchronisation in ``step``), so the SeqBoat LM
+decoder and the LRA encoder use it unchanged: ``{"ema": MD-EMA state (global layer only), "gau": the window ring of w + 1 slots,
 "position": (B,), "length": int}``. Like an always-active SeqBoat layer it returns a
 ``LayerActivation`` with every real token active.
 """
@@ -29,20 +29,19 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from fairseq.incremental_decoding_utils import with_incremental_state
 from fairseq.modules.fairseq_dropout import FairseqDropout
-from torch import Tensor, nn
+from torch import Tensor
 
+from .decoding_layer import DecodingLayer, DecodingState, LayerActivation
 from .ema import MultiHeadEMA
 from .ffn import NormalizedFeedForwardNetwork
 from .gau import GatedAttentionUnit
 from .initializers import linear
 from .norms import SequenceNorm
-from .seqboat_layer import DecodingState, LayerActivation, SeqBoatLayer, advance, resolve_window, run_ema, run_gau
+from .seqboat_layer import advance, resolve_window, run_ema, run_gau
 
 
-@with_incremental_state
-class SpadeLayer(nn.Module):
+class SpadeLayer(DecodingLayer):
     """One SPADE layer on time-major ``(L, B, D)`` inputs: the global layer (``global_branch=True``,
     MD-EMA beside local attention) or a local-attention layer. See the module docstring.
 
@@ -101,19 +100,8 @@ class SpadeLayer(nn.Module):
         )
 
     @property
-    def window(self) -> Optional[int]:
-        return self.gau.window
-
-    @property
     def global_branch(self) -> bool:
         return self.ema is not None
-
-    # the decoding-contract plumbing is SeqBoatLayer's, unchanged: it only calls _pipeline
-    forward = SeqBoatLayer.forward
-    step = SeqBoatLayer.step
-    forward_chunk = SeqBoatLayer.forward_chunk
-    decoded_length = SeqBoatLayer.decoded_length
-    reorder_incremental_state = SeqBoatLayer.reorder_incremental_state
 
     def _pipeline(self, x: Tensor, padding_mask: Optional[Tensor], state: Optional[DecodingState]
                   ) -> Tuple[Tensor, LayerActivation]:
