@@ -234,3 +234,17 @@ def test_decoder_incremental_equals_full_forward(data_dir, extra):
     assert_branches_matter("LM", model, lambda m: m(tokens)[0], atol)
     with pytest.raises(ValueError, match="full prefix"):
         model(tokens[:, :3], incremental_state=incremental_state)
+
+
+@pytest.mark.parametrize("part", ["layer", "ema"])
+def test_reorder_refuses_a_state_entry_without_a_rule(part):
+    """Each part of the decoding state says how it follows the beams (``reorder_state``); an
+    entry without a rule is refused instead of being kept for the wrong rows."""
+    layer = causal_layer(window=3, truncation=4)
+    incremental_state = {}
+    layer(torch.randn(2, 3, D), incremental_state=incremental_state)
+    layer.reorder_incremental_state(incremental_state, torch.tensor([2, 0, 0]))  # the known entries
+    state = layer.get_incremental_state(incremental_state, "seqboat_state")
+    (state if part == "layer" else state["ema"])["unlisted"] = torch.zeros(3)
+    with pytest.raises(KeyError, match="unlisted"):
+        layer.reorder_incremental_state(incremental_state, torch.tensor([2, 0, 0]))

@@ -8,7 +8,8 @@ layer's ``seqboat_state`` key::
     {"ema": MultiHeadEMA state (absent from SPADE's local layers), "gau": the GAU's working memory,
      "position": (B,) tokens consumed (on the device), "length": the same count as a Python int}
 
-Each sub-module owns its part and updates it in place.
+Each sub-module owns its part, updates it in place and says how it follows a beam reorder
+(``MultiHeadEMA.reorder_state``, ``GatedAttentionUnit.reorder_state``).
 """
 
 from typing import Any, Dict, NamedTuple, Optional, Tuple
@@ -93,20 +94,23 @@ class DecodingLayer(nn.Module):
         state = self.get_incremental_state(incremental_state, "seqboat_state")
         return 0 if state is None else state["length"]
 
+    def reorder_state(self, state: DecodingState, new_order: Tensor) -> DecodingState:
+        """The state of the rows ``new_order`` ``(B',)`` (beam search): each part reordered by the
+        module that owns it; the host-side count is the same for every row."""
+        rules = {
+            "ema": lambda ema_state: self.ema.reorder_state(ema_state, new_order),
+            "gau": lambda memory: self.gau.reorder_state(memory, new_order),
+            "position": lambda position: position.index_select(0, new_order),
+            "length": lambda length: length,
+        }
+        unknown = set(state) - set(rules)
+        if unknown:  # a new entry must say how it follows the beams
+            raise KeyError(f"{type(self).__name__}.reorder_state: no rule for state entries {sorted(unknown)}")
+        return {key: rules[key](value) for key, value in state.items()}
+
     def reorder_incremental_state(self, incremental_state, new_order: Tensor):
-        """Beam search: every tensor of the state is batch-first, so reordering is one
-        index_select per tensor. The MD-EMA's per-decode ``StepCoefficients`` (a NamedTuple of
-        parameter-derived tensors, the same for every row) are kept as they are, as are the
-        host-side counters."""
+        """Beam search (fairseq's hook): replaces the stored state by ``reorder_state``'s."""
         state = self.get_incremental_state(incremental_state, "seqboat_state")
         if state is not None:
-            self.set_incremental_state(incremental_state, "seqboat_state", _reorder(state, new_order))
+            self.set_incremental_state(incremental_state, "seqboat_state", self.reorder_state(state, new_order))
         return incremental_state
-
-
-def _reorder(state: Any, new_order: Tensor) -> Any:
-    if isinstance(state, Tensor):
-        return state.index_select(0, new_order)
-    if isinstance(state, dict):
-        return {key: _reorder(value, new_order) for key, value in state.items()}
-    return state  # host-side counters, the MD-EMA's StepCoefficients (not per row)

@@ -173,6 +173,15 @@ class MultiHeadEMA(nn.Module):
         state["coefficients"] = None if torch.is_grad_enabled() else self.step_coefficients()
         return state
 
+    def reorder_state(self, state: EMAState, new_order: Tensor) -> EMAState:
+        """The state of the rows ``new_order`` ``(B',)`` (beam search): the per-row tensors index-
+        selected; the ``coefficients`` are the parameters' (the same for every row) and stay."""
+        per_row = {"hidden", "lag_hidden", "inputs"}
+        unknown = set(state) - per_row - {"coefficients"}
+        if unknown:  # a new entry must say how it follows the beams
+            raise KeyError(f"MultiHeadEMA.reorder_state: no rule for state entries {sorted(unknown)}")
+        return {key: value.index_select(0, new_order) if key in per_row else value for key, value in state.items()}
+
     def step_coefficients(self) -> "StepCoefficients":
         """What a step multiplies by, ``(D, N)`` fp32 each (see ``StepCoefficients``)."""
         p_beta, phi = (c.squeeze(-1) for c in self.coefficients())

@@ -172,6 +172,11 @@ class GatedAttentionUnit(nn.Module):
             "count": torch.zeros(batch_size, dtype=torch.long, device=device),
         }
 
+    @staticmethod
+    def reorder_state(state: MemoryState, new_order: Tensor) -> MemoryState:
+        """The memory of the rows ``new_order`` ``(B',)`` (beam search): every entry is per row."""
+        return {name: entry.index_select(0, new_order) for name, entry in state.items()}
+
     def _reserve(self, state: MemoryState, max_count: int) -> None:
         """SeqBoat-full: make room for ``max_count`` activated tokens (a Python bound known to
         the caller, so no device value is read)."""
