@@ -68,7 +68,7 @@ class GatedAttentionUnit(nn.Module):
             raise ValueError("chunked attention (MEGA-chunk) needs a positive chunk size "
                              "(--chunk-size / --decoder-chunk-size c > 0)")
         self.embed_dim, self.zdim, self.hdim = embed_dim, zdim, hdim
-        self.window = window
+        self.window = window  # w (working memory / sliding window) or, when chunked, MEGA's chunk size c
         self.chunked = chunked
         self.causal = not bidirectional
         self.activation = activation
