@@ -26,6 +26,15 @@ from conftest import weight_drawer, write_byte_dictionary
 TOLERANCE = 1e-5  # bits per token
 BLOCK = 16  # < the tiny models' window / chunk of 32
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread (on a busy machine, torch's thread pool waits on every small op)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 FAMILIES = {
     "seqboat": ("--arch", "seqboat_lm_tiny"),
     "seqboat_truncated_ema": ("--arch", "seqboat_lm_tiny", "--truncation-length", "24"),
@@ -35,7 +44,7 @@ FAMILIES = {
 }
 
 
-def write_split(directory, seed=0, lines=24, split="test"):
+def write_split(directory, seed=0, lines=16, split="test"):
     """A byte data-bin (dict.txt of 256 symbols) whose ``split`` holds ``lines`` random lines of 1-24
     tokens, each ending in </s>. Returns (directory, the split as one int64 tensor)."""
     from fairseq.data import Dictionary, indexed_dataset
