@@ -16,7 +16,7 @@ POSITIONS = ["simple", "rotary", "local_pos"]
 # (slots, window): window divides, does not divide, exceeds the length; None = unbounded. w = 16
 # cuts 45 slots into query blocks smaller than w (4 bidirectional, 2 causal): edge blocks at both
 # ends, interior blocks between, the last block padded (test_blocking_is_exercised)
-SHAPES = [(12, 4), (13, 4), (7, 3), (5, 9), (1, 2), (11, None), (45, 16)]
+SHAPES = [(12, 4), (13, 4), (7, 3), (5, 9), (1, 2), (11, None), (45, 16), (12, 16)]
 
 
 def _inputs(slots, causal, positions, window):
@@ -124,7 +124,9 @@ def test_blocking_is_exercised():
         assert geometry.padded > 45 or not causal  # 45 = 22 * 2 + 1: padded causal; bidirectional 48
         assert geometry.frame == (33 + 3 if not causal else 16 + 2)
     assert window_geometry(16, 48, False).padded == 48 and window_geometry(4, 13, False).padded == 14
-    assert window_geometry(9, 5, True).num_blocks == 1  # the whole row in reach: one block
+    assert window_geometry(9, 5, False).num_blocks == 1  # the whole row in reach: one block
+    assert window_geometry(9, 5, True).num_blocks == 5  # causal: blocks (of 1), no upper triangle
+    assert window_geometry(16, 12, True).num_blocks == 6 and not window_geometry(16, 12, True).interior
 
 
 def _products(geometry, causal, window, slots):
@@ -152,7 +154,7 @@ def test_masked_work_is_at_most_15_percent(causal):
         allowed = window + 1 if causal else 2 * window + 1
         assert 1 < block < window and 1 - allowed / frame <= MAX_BAND_WASTE <= 0.15, (window, block, frame)
     for window, slots in ((128, 400), (128, 1000), (128, 2000), (128, 1600), (128, 4000), (128, 8000),
-                          (1024, 2048), (1024, 4096)):
+                          (1024, 819), (1024, 2048), (1024, 4096)):
         slots = -(-slots // attention_block(window, causal)) * attention_block(window, causal)
         computed, allowed = _products(window_geometry(window, slots, causal), causal, window, slots)
         assert 1 - allowed / computed <= 0.15, (window, slots, 1 - allowed / computed)
