@@ -262,7 +262,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="small splits and 20 training updates (for tests): --small 20000 --large 200000 "
-                        "--updates 20 --max-bytes 150000 --contexts 512 --resets 256,1024,0")
+                        "--updates 20 --max-bytes 150000 --contexts 512 --resets 256,0")
     p.add_argument("--parts", default="memory,speed,curve", help="which measurements (comma-separated)")
     p.add_argument("--work-dir", default=None, help="data and checkpoints (default: a temporary directory, removed); "
                                                    "an existing one is reused")
@@ -281,7 +281,7 @@ def parse_args(argv=None):
     if args.quick:
         args.small, args.large, args.updates = 20_000, 200_000, 20
         args.max_bytes = args.max_bytes or 150_000
-        args.contexts, args.resets = "512", "256,1024,0"
+        args.contexts, args.resets = "512", "256,0"
     try:
         args.contexts = [int(c) for c in args.contexts.split(",")]
         args.resets = [int(r) for r in args.resets.split(",")]
