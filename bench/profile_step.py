@@ -177,20 +177,27 @@ def component_of(event, cache) -> str:
     return result
 
 
+def backward_event_ids(events) -> set:
+    """Ids of the profiler events that run inside a backward node (every descendant of an
+    ``autograd::engine::evaluate_function:`` event): they belong to the backward pass."""
+    ids = set()
+    for ev in events:
+        if ev.name.startswith("autograd::engine::evaluate_function:"):
+            stack = list(ev.cpu_children)
+            while stack:
+                child = stack.pop()
+                ids.add(child.id)
+                stack.extend(child.cpu_children)
+    return ids
+
+
 def component_split(events) -> Dict[str, Dict[str, float]]:
     """``{component: {"fwd_ms", "bwd_ms"}}`` of a profiled step's events (under :func:`component_labels`):
     forward = self CPU time of the aten ops inside the component's ranges; backward = inclusive CPU time of
     each backward node, charged to the component of the forward op that created it (autograd sequence
     number), as in this script's source-function table."""
     split = {c: {"fwd_ms": 0.0, "bwd_ms": 0.0} for c in COMPONENTS}
-    in_backward, comp_of_seq, cache = set(), {}, {}
-    for ev in events:
-        if ev.name.startswith("autograd::engine::evaluate_function:"):
-            stack = list(ev.cpu_children)
-            while stack:
-                child = stack.pop()
-                in_backward.add(child.id)
-                stack.extend(child.cpu_children)
+    in_backward, comp_of_seq, cache = backward_event_ids(events), {}, {}
     for ev in events:
         if ev.id in in_backward or ev.name.startswith("autograd::engine::evaluate_function:"):
             continue
@@ -254,14 +261,7 @@ def main():
     frame_of_seq, cache = {}, {}
     forward = collections.Counter()
     backward = collections.Counter()
-    in_backward = set()
-    for ev in events:  # ops running inside a backward node belong to the backward pass
-        if ev.name.startswith("autograd::engine::evaluate_function:"):
-            stack = list(ev.cpu_children)
-            while stack:
-                child = stack.pop()
-                in_backward.add(child.id)
-                stack.extend(child.cpu_children)
+    in_backward = backward_event_ids(events)
     for ev in events:
         if not ev.name.startswith("aten::") or ev.id in in_backward:
             continue
