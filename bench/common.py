@@ -346,6 +346,17 @@ def save_record(record: Dict, directory=None) -> None:
         f.write(line)  # one write of one line: records of concurrent runs never interleave
 
 
+def exit_status_for_failures(script: str, failures: Sequence[str]) -> int:
+    """0 when every run gave its number; otherwise names each run that gave none on stderr and
+    returns 1, so that a script never ends with status 0 after leaving a number out."""
+    if not failures:
+        return 0
+    print(f"\n{script}: error: no number is reported for these runs:", file=sys.stderr)
+    for failure in failures:
+        print(f"  {failure}", file=sys.stderr)
+    return 1
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence], title: str = "") -> str:
     cells = [[str(h) for h in headers]] + [[format_cell(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]

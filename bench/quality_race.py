@@ -48,7 +48,7 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (PLUGIN_DIR, REPO_ROOT, code_revision, count_parameters, cpu_model, emit,  # noqa: E402
-                    format_table, quiet_fairseq_logging)
+                    exit_status_for_failures, format_table, quiet_fairseq_logging)
 
 MODELS = ("seqboat", "mega_chunk", "spade", "transformer")
 TASKS = ("lm", "listops")
@@ -498,12 +498,7 @@ def main(argv=None) -> int:
                         "evaluated", "majority", "note"], rows,
                        title=f"Quality race: {args.minutes:g} min of training per model "
                              f"(test_bpc: lower is better; test_acc: %, higher is better)"))
-    if failures:
-        print("\nquality_race: error: no number is reported for these runs:", file=sys.stderr)
-        for f in failures:
-            print(f"  {f}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status_for_failures("quality_race", failures)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (PLUGIN_DIR, RESULT_PREFIX, code_revision, cpu_model, emit, format_table,  # noqa: E402
-                    median, quiet_fairseq_logging)
+                    exit_status_for_failures, median, quiet_fairseq_logging)
 import quality_race as qr  # noqa: E402
 
 TASKS = ("lm", "listops", "speech")
@@ -560,12 +560,7 @@ def main(argv=None) -> int:
         plot_sweep(args.sweep_task, summaries, path, f"SeqBoat router knobs on {args.sweep_task}: quality vs speed")
         print(f"# plot: {path}")
     print(f"# total wall time {time.perf_counter() - start:.0f} s")
-    if failures:
-        print("\ntradeoff: error: no number is reported for these runs:", file=sys.stderr)
-        for f in failures:
-            print(f"  {f}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status_for_failures("tradeoff", failures)
 
 
 if __name__ == "__main__":
