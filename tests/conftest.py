@@ -93,6 +93,24 @@ def pydoc_data_bin(tmp_path_factory):
     return data
 
 
+def write_tiny_hydra_config(config_dir, data, *, tokens_per_sample, layers, max_update, batch_size):
+    """``config_dir/tiny.yaml``: a ``fairseq-hydra-train`` config (old ``# @package _group_`` header, as
+    fairseq's own configs) that trains ``seqboat_lm_tiny`` on ``data`` on the CPU without saving."""
+    os.makedirs(config_dir, exist_ok=True)
+    with open(os.path.join(config_dir, "tiny.yaml"), "w") as f:
+        f.write(f"""# @package _group_
+common: {{cpu: true, log_format: simple, log_interval: 1, user_dir: {PLUGIN_DIR}}}
+task: {{_name: language_modeling, data: {data}, tokens_per_sample: {tokens_per_sample}}}
+model: {{_name: seqboat_lm_tiny, decoder_layers: {layers}}}
+criterion: seqboat_cross_entropy
+optimizer: {{_name: adam}}
+lr_scheduler: fixed
+optimization: {{max_update: {max_update}, lr: [0.001]}}
+dataset: {{batch_size: {batch_size}, num_workers: 0, disable_validation: true}}
+checkpoint: {{no_save: true}}
+""")
+
+
 def train_tiny_lm(data, save_dir, *extra, updates=2):
     """A few updates of seqboat_lm_tiny through fairseq-train (for tests that need a checkpoint,
     not a good model). Returns the path of checkpoint_last.pt."""

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import PLUGIN_DIR, REPO_ROOT, build_lm, build_lra
+from conftest import PLUGIN_DIR, REPO_ROOT, build_lm, build_lra, write_tiny_hydra_config
 
 import seqboat_fairseq  # noqa: F401  (registers the architectures)
 from fairseq.models import ARCH_MODEL_NAME_REGISTRY
@@ -109,18 +109,7 @@ def test_fairseq_hydra_train_trains_the_tiny_preset(tmp_path):
     subprocess.run([sys.executable, os.path.join(REPO_ROOT, "data_prep", "enwik8.py"), "--pydoc-demo",
                     "--max-bytes", "30000", "--destdir", str(data)], check=True, capture_output=True)
     config = tmp_path / "config"
-    config.mkdir()
-    (config / "tiny.yaml").write_text(f"""# @package _group_
-common: {{cpu: true, log_format: simple, log_interval: 1, user_dir: {PLUGIN_DIR}}}
-task: {{_name: language_modeling, data: {data}, tokens_per_sample: 64}}
-model: {{_name: seqboat_lm_tiny, decoder_layers: 3}}
-criterion: seqboat_cross_entropy
-optimizer: {{_name: adam}}
-lr_scheduler: fixed
-optimization: {{max_update: 2, lr: [0.001]}}
-dataset: {{batch_size: 4, num_workers: 0, disable_validation: true}}
-checkpoint: {{no_save: true}}
-""")
+    write_tiny_hydra_config(config, data, tokens_per_sample=64, layers=3, max_update=2, batch_size=4)
     out = subprocess.run([sys.executable, "-m", "fairseq_cli.hydra_train", "--config-dir", str(config),
                           "--config-name", "tiny", f"hydra.run.dir={tmp_path / 'hydra'}"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=600,

@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 
-from conftest import REPO_ROOT, build_lm, write_byte_dictionary
+from conftest import REPO_ROOT, build_lm, write_byte_dictionary, write_tiny_hydra_config
 from test_analysis import save_checkpoint
 
 
@@ -110,18 +110,7 @@ def test_plugin_hydra_train_prints_no_hydra_noise(tmp_path):
     subprocess.run([sys.executable, os.path.join(REPO_ROOT, "data_prep", "enwik8.py"), "--pydoc-demo",
                     "--max-bytes", "20000", "--destdir", str(data)], check=True, capture_output=True)
     config = tmp_path / "config"
-    config.mkdir()
-    (config / "tiny.yaml").write_text(f"""# @package _group_
-common: {{cpu: true, log_format: simple, log_interval: 1, user_dir: {os.path.join(REPO_ROOT, 'seqboat_fairseq')}}}
-task: {{_name: language_modeling, data: {data}, tokens_per_sample: 32}}
-model: {{_name: seqboat_lm_tiny, decoder_layers: 1}}
-criterion: seqboat_cross_entropy
-optimizer: {{_name: adam}}
-lr_scheduler: fixed
-optimization: {{max_update: 1, lr: [0.001]}}
-dataset: {{batch_size: 2, num_workers: 0, disable_validation: true}}
-checkpoint: {{no_save: true}}
-""")
+    write_tiny_hydra_config(config, data, tokens_per_sample=32, layers=1, max_update=1, batch_size=2)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("LOGLEVEL", None)
     logs = {}
