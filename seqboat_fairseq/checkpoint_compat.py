@@ -21,8 +21,9 @@ and only turn fairseq's failures into one message that names the file and what w
   which fairseq reports as ``no attribute 'supported_targets'``), the error says so.
 
 These errors are :class:`CheckpointError`\\ s. When one reaches the top of a command-line tool
-uncaught, only its message is printed (``sys.excepthook``; every other exception keeps Python's
-normal traceback); code that calls fairseq gets an ordinary exception (a ``RuntimeError``).
+uncaught, only its message is printed (the excepthook of :mod:`seqboat_fairseq.quiet`, which
+prints every refusal as one ``error:`` line); code that calls fairseq gets an ordinary exception (a
+``RuntimeError``).
 """
 
 import argparse
@@ -30,7 +31,6 @@ import functools
 import os
 import pickle
 import re
-import sys
 import zipfile
 from typing import Optional
 
@@ -72,21 +72,6 @@ class CheckpointError(RuntimeError):
 
 class RefusedCheckpointError(CheckpointError, pickle.UnpicklingError):
     """torch's safe loader refused an object in the checkpoint (still a ``pickle.UnpicklingError``)."""
-
-
-def _excepthook(previous):
-    def hook(kind, error, traceback):
-        if isinstance(error, CheckpointError):
-            print(f"error: {error}", file=sys.stderr, flush=True)
-        else:
-            previous(kind, error, traceback)
-
-    hook._seqboat_checkpoint_errors = True
-    return hook
-
-
-if enabled("excepthook") and not getattr(sys.excepthook, "_seqboat_checkpoint_errors", False):
-    sys.excepthook = _excepthook(sys.excepthook)
 
 
 # --------------------------------------------------------------------------- is a file intact?
