@@ -116,7 +116,17 @@ def _label_ema(r):
     return f"{r['dim']}x{r['seq_len']}x{r['batch_size']}" + (f"\nL_k={trunc}" if trunc else "")
 
 
-# record kind -> how to plot it: "bar" (one group of bars per record, label(r), ys) or "line" (x, ys,
+def _label_tradeoff(r):
+    rate = r.get("act_rate")
+    return f"{r['model']} ({r['alloc_mb']:.0f} MB" + (f", rate {rate:.2f})" if rate is not None and r["model"] == "seqboat" else ")")
+
+
+def _label_knob(r):
+    text = "preset" if not r.get("knob") else f"{r['knob']}={r['knob_value']:g}"
+    return text + (f" (rate {r['act_rate']:.2f})" if r.get("act_rate") is not None else "")
+
+
+# record kind -> how to plot it (a spec, or a list of specs for several plots): "bar" (one group of bars per record, label(r), ys) or "line" (x, ys,
 # optionally one line per value of `group` for a single y)
 PLOTS = {
     "ema_conv": dict(kind="bar", label=_label_ema, ys=["fwd_ratio", "step_ratio"],
@@ -133,11 +143,57 @@ PLOTS = {
                          ylabel="seconds", title="LRA image data: text vs npy"),
     "lra_train_step": dict(kind="bar", label=lambda r: r["model"], ys=["ms"], ylabel="ms per step",
                            title="LRA training step"),
+    # bench/tradeoff.py: quality against speed, one plot per task (marker area = allocator peak), and the
+    # router-knob curve of SeqBoat on the sweep task (points joined per knob, the preset on every curve)
+    "tradeoff_summary": [
+        dict(kind="scatter", split="task", x="steps_per_s", y="value", yerr="value_std", size="alloc_mb",
+             where=lambda r: r.get("knob") is None, series=lambda r: r["model"], label=_label_tradeoff,
+             title="{task}: quality against training-step speed (trained checkpoints, learned rates)",
+             xlabel="training steps per second", ylabel="metric", name="race"),
+        dict(kind="scatter", split="task", x="steps_per_s", y="value", yerr="value_std",
+             where=lambda r: r["model"] == "seqboat", series=lambda r: r.get("knob") or "preset",
+             label=_label_knob, join=True, needs=lambda rs: any(r.get("knob") for r in rs),
+             title="{task}: SeqBoat's router knobs (quality against training-step speed)",
+             xlabel="training steps per second", ylabel="metric", name="knobs"),
+    ],
 }
+
+
+def plot_specs(kind, records):
+    """``[(name suffix, spec, records)]``: the plots of one record kind, one per value of ``split``."""
+    specs = PLOTS.get(kind) or []
+    out = []
+    for spec in specs if isinstance(specs, list) else [specs]:
+        if "split" not in spec:
+            out.append(("", spec, records))
+            continue
+        values = sorted({str(r.get(spec["split"])) for r in records})
+        for value in values:
+            part = [r for r in records if str(r.get(spec["split"])) == value]
+            title = spec["title"].format(**{spec["split"]: value})
+            out.append((f"-{spec['name']}-{slug(value)}", dict(spec, title=title), part))
+    return out
+
+
+def scatter_data(spec, records):
+    """Points of a scatter plot: each with its series, label, x, y, error and marker size."""
+    rows = [r for r in records if "error" not in r and spec["where"](r)
+            and r.get(spec["x"]) is not None and r.get(spec["y"]) is not None]
+    if not rows or ("needs" in spec and not spec["needs"](rows)):
+        return None
+    metric = rows[0].get(spec["ylabel"], spec["ylabel"])
+    points = [{"series": spec["series"](r), "label": spec["label"](r), "x": r[spec["x"]], "y": r[spec["y"]],
+               "yerr": r.get(spec.get("yerr")) or 0.0, "size": r.get(spec["size"]) if "size" in spec else None}
+              for r in rows]
+    # bits per byte / character: lower is better, drawn upside down so that up is better on every plot
+    return {"points": sorted(points, key=lambda p: (p["series"], p["x"])), "ylabel": metric,
+            "invert": metric.endswith("bpc") or metric.endswith("bpb"), "join": bool(spec.get("join"))}
 
 
 def plot_data(spec, records):
     """The numbers a plot shows, as a JSON-able structure (its hash names the plot's content)."""
+    if spec["kind"] == "scatter":
+        return scatter_data(spec, records)
     needed = spec["ys"] + ([spec["x"]] if "x" in spec else []) + ([spec["group"]] if "group" in spec else [])
     records = [r for r in records if all(r.get(k) is not None for k in needed)]
     if spec.get("filter"):  # e.g. activation_rate: the router-forced rows, not the always-active one
@@ -166,6 +222,9 @@ def draw(spec, data, path, digest):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if spec["kind"] == "scatter":
+        draw_scatter(plt, spec, data, path, digest)
+        return
     fig, ax = plt.subplots(figsize=(7, 3.6))
     if spec["kind"] == "bar":
         n, k = len(data["labels"]), len(data["series"])
@@ -185,6 +244,37 @@ def draw(spec, data, path, digest):
     ax.set_ylabel(spec["ylabel"])
     ax.set_title(spec["title"], fontsize=9)
     ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata={PNG_KEY: digest, "Software": None})
+    plt.close(fig)
+
+
+def draw_scatter(plt, spec, data, path, digest):
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    sizes = [p["size"] for p in data["points"] if p["size"]]
+    biggest = max(sizes, default=1.0) or 1.0
+    series = collections.defaultdict(list)
+    for p in data["points"]:
+        series[p["series"]].append(p)
+    for name, points in series.items():
+        color = None
+        if data["join"] and len(points) > 1:
+            color = ax.plot([p["x"] for p in points], [p["y"] for p in points], alpha=0.5)[0].get_color()
+        for i, p in enumerate(points):
+            area = 60 + 900 * p["size"] / biggest if p["size"] else 40
+            handle = ax.scatter([p["x"]], [p["y"]], s=area, alpha=0.7, color=color,
+                                label=p["label"] if not data["join"] else (name if i == 0 else None))
+            color = handle.get_facecolor()[0]
+            ax.errorbar([p["x"]], [p["y"]], yerr=[p["yerr"]], fmt="none", ecolor=color, alpha=0.6)
+            if data["join"]:
+                ax.annotate(p["label"], (p["x"], p["y"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    if data["invert"]:
+        ax.invert_yaxis()
+    ax.set_xlabel(spec["xlabel"])
+    ax.set_ylabel(data["ylabel"] + (" (lower is better, drawn upward)" if data["invert"] else ""))
+    ax.set_title(spec["title"], fontsize=9)
+    ax.legend(fontsize=7, markerscale=0.4 if not data["join"] else 1.0)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=90, metadata={PNG_KEY: digest, "Software": None})
@@ -231,11 +321,12 @@ def build(runs, img_rel):
             for kind, records in by_kind.items():
                 lines += [f"**{kind}** ({len(records)} record{'s' if len(records) != 1 else ''})", ""]
                 lines += table(records) + [""]
-                spec = PLOTS.get(kind)
-                data = plot_data(spec, records) if spec else None
-                if data is not None:
+                for suffix, spec, part in plot_specs(kind, records):
+                    data = plot_data(spec, part)
+                    if data is None:
+                        continue
                     digest = data_hash(data)
-                    name = f"{slug(kind)}-{hashlib.sha1(command.encode()).hexdigest()[:8]}.png"
+                    name = f"{slug(kind)}{suffix}-{hashlib.sha1(command.encode()).hexdigest()[:8]}.png"
                     plots[name] = (spec, data, digest)
                     lines += [f"![{spec['title']}]({img_rel}/{name})", "", f"<!-- plot data sha1 {digest} -->", ""]
     return "\n".join(lines).rstrip("\n") + "\n", plots

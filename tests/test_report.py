@@ -120,3 +120,35 @@ def test_a_broken_results_file_is_one_error_line(tmp_path):
 def test_table_moves_constant_columns_below():
     lines = report.table([{"bench": "k", "a": 1, "b": 2.0}, {"bench": "k", "a": 2, "b": 2.0}])
     assert lines[0] == "| a |" and lines[-1] == "Same in every row: b = `2.0`."
+
+
+def _summary(task, model, value, steps_per_s, alloc_mb, knob=None, knob_value=None, metric="test_acc", **extra):
+    return {"bench": "tradeoff_summary", "task": task, "model": model, "knob": knob, "knob_value": knob_value,
+            "metric": metric, "value": value, "value_std": 0.5, "steps_per_s": steps_per_s, "alloc_mb": alloc_mb,
+            "act_rate": 0.3 if model == "seqboat" else None, **extra}
+
+
+def test_tradeoff_draws_one_race_plot_per_task_and_the_knob_curve_of_the_sweep_task(tmp_path):
+    records = [_summary("lm", m, v, s, a, metric="test_bpc") for m, v, s, a in
+               (("seqboat", 2.1, 3.0, 10), ("transformer", 2.3, 2.0, 30))]
+    records += [_summary("listops", m, v, s, a) for m, v, s, a in
+                (("seqboat", 40, 3.0, 10), ("mega_chunk", 38, 2.0, 20), ("spade", 39, 1.5, 25))]
+    records += [_summary("listops", "seqboat", 35 + k, 4.0 - k, 9, knob="act_bias", knob_value=float(k))
+                for k in (0.5, 1, 2)]
+    records.append(dict(_summary("listops", "transformer", 0, 0, 0), error="2 of 3 seeds gave no number"))
+    plots = {}
+    for suffix, spec, part in report.plot_specs("tradeoff_summary", records):
+        data = report.plot_data(spec, part)
+        if data is not None:
+            plots[suffix] = (spec, data)
+    assert sorted(plots) == ["-knobs-listops", "-race-listops", "-race-lm"]
+    race = plots["-race-listops"][1]
+    assert [p["series"] for p in race["points"]] == ["mega_chunk", "seqboat", "spade"]  # no knob run, no FAILED row
+    assert plots["-race-lm"][1]["invert"] and not race["invert"]  # bits: lower is better, drawn upward
+    knobs = plots["-knobs-listops"][1]
+    assert {p["label"].split(" ")[0] for p in knobs["points"]} == {"preset", "act_bias=0.5", "act_bias=1",
+                                                                     "act_bias=2"}
+    for suffix, (spec, data) in plots.items():  # each draws
+        path = tmp_path / f"p{suffix}.png"
+        report.draw(spec, data, str(path), report.data_hash(data))
+        assert report.png_digest(str(path)) == report.data_hash(data)
