@@ -136,17 +136,16 @@ class MultiHeadEMA(nn.Module):
         skip_input = u
         if padding_mask is not None:
             u = u.masked_fill(padding_mask.unsqueeze(0), 0.0)
-        if self.bidirectional:
-            u = torch.cat([u, u.flip(-1)], dim=0)
-            if padding_mask is None:  # the same values: one copy kept for the backward pass, not two
-                skip_input = u[: self.embed_dim]
         residual = skip_input * upcast(self.omega).view(-1, 1, 1)
         coef, log_phi = self.kernel_terms()
         chunk = chunk_size or default_chunk_size(bsz, seq_len, self.truncation)
-        y = chunked_ema_conv(u, coef, log_phi, chunk, self.truncation)
-        if self.bidirectional:  # (unbind: its gradient is one stack, a slice's a zero-filled copy each)
-            forward_in_time, backward_in_time = y.view(2, self.embed_dim, *y.shape[1:]).unbind(0)
-            y = forward_in_time + backward_in_time.flip(-1)
+        if self.bidirectional:  # both directions on the same chunks: no reversed copy of the input
+            # (unbind: its gradient is one stack, a slice's a zero-filled copy each)
+            coef, coef_back = coef.view(2, self.embed_dim, -1).unbind(0)
+            log_phi, log_phi_back = log_phi.view(2, self.embed_dim, -1).unbind(0)
+            y = chunked_ema_conv(u, coef, log_phi, chunk, self.truncation, backward=(coef_back, log_phi_back))
+        else:
+            y = chunked_ema_conv(u, coef, log_phi, chunk, self.truncation)
         return _TimeMajorSwap.apply(y + residual).type_as(x)
 
     # ------------------------------------------------------------------ recurrent form
@@ -190,23 +189,32 @@ class MultiHeadEMA(nn.Module):
         return StepCoefficients(p_beta, phi, readout, lag_readout)
 
     def step(self, x: Tensor, state: EMAState, position: Tensor,
-             padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, EMAState]:
+             padding_mask: Optional[Tensor] = None, consumed: Optional[int] = None) -> Tuple[Tensor, EMAState]:
         """One token: x ``(B, D)`` at absolute ``position`` ``(B,)``. Returns ``(y (B, D), state)``,
         the state updated in place (O(D N) work, nothing copied):
 
         h <- phi h + p beta x  (and, if truncated, h_lag <- phi h_lag + p beta x_{t - L_k});
         y = C h (- C phi^L_k h_lag) + omega x.
+
+        ``consumed``: the same position as a Python int, when every row is at it (a layer's
+        decoding state counts its tokens on the host): the input ring is then read and written in
+        place at slot ``consumed % L_k`` instead of through a gather / scatter pair.
         """
         p_beta, phi, readout, lag_readout = state.get("coefficients") or self.step_coefficients()
         u = upcast(x) if padding_mask is None else upcast(x).masked_fill(padding_mask.unsqueeze(-1), 0.0)
-        y = torch.linalg.vecdot(state["hidden"].mul_(phi).add_(p_beta * u.unsqueeze(-1)), readout)
+        y = torch.linalg.vecdot(state["hidden"].mul_(phi).addcmul_(p_beta, u.unsqueeze(-1)), readout)
         if self.truncation is not None:
-            slot = (position % self.truncation).view(-1, 1, 1).expand(-1, 1, self.embed_dim)
-            evicted = state["inputs"].gather(1, slot).squeeze(1)  # x_{t - L_k} (zeros before the start)
-            state["inputs"].scatter_(1, slot, u.unsqueeze(1))
-            lag = state["lag_hidden"].mul_(phi).add_(p_beta * evicted.unsqueeze(-1))
+            if consumed is not None:
+                ring = state["inputs"][:, consumed % self.truncation]  # (B, D) view: x_{t - L_k}, then x_t
+                lag = state["lag_hidden"].mul_(phi).addcmul_(p_beta, ring.unsqueeze(-1))
+                ring.copy_(u)
+            else:
+                slot = (position % self.truncation).view(-1, 1, 1).expand(-1, 1, self.embed_dim)
+                evicted = state["inputs"].gather(1, slot).squeeze(1)  # x_{t - L_k} (zeros before the start)
+                state["inputs"].scatter_(1, slot, u.unsqueeze(1))
+                lag = state["lag_hidden"].mul_(phi).addcmul_(p_beta, evicted.unsqueeze(-1))
             y = y - torch.linalg.vecdot(lag, lag_readout)
-        return y.type_as(x) + x * self.omega, state
+        return torch.addcmul(y.type_as(x), x, self.omega), state
 
     def forward_chunk(self, x: Tensor, state: EMAState, position: Tensor,
                       padding_mask: Optional[Tensor] = None, consumed: Optional[int] = None
@@ -310,12 +318,15 @@ def default_chunk_size(batch_size: int, seq_len: int, truncation: Optional[int] 
 
 
 def chunked_ema_conv(u: Tensor, coef: Tensor, log_phi: Tensor, chunk: int,
-                     truncation: Optional[int] = None) -> Tensor:
+                     truncation: Optional[int] = None,
+                     backward: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
     """``y[d, b, t] = sum_{l <= t, l < L_k} K[d, l] u[d, b, t - l]`` with ``K[d, l] = sum_n
     coef[d, n] phi[d, n]^l``, evaluated in chunks of C tokens instead of by FFT.
 
-    u: ``(D', B, L)`` fp32; coef, log_phi: ``(D', N)`` fp32; truncation: L_k or None.
-    Returns ``(D', B, L)``.
+    u: ``(D', B, L)`` fp32; coef, log_phi: ``(D', N)`` fp32; truncation: L_k or None;
+    backward: ``(coef', log_phi')`` ``(D', N)`` of a second, backward-in-time kernel K' (a
+    bidirectional EMA): ``y[d, b, t] += sum_{l < L - t, l < L_k} K'[d, l] u[d, b, t + l]`` (lag 0
+    counts in both). Returns ``(D', B, L)``.
 
     With ``h_t[n] = sum_{s <= t} phi^(t - s) u_s`` (per channel), a token at offset i of chunk a
     receives (1) the chunk's own tokens through the C x C lower-triangular Toeplitz matrix
@@ -324,9 +335,16 @@ def chunked_ema_conv(u: Tensor, coef: Tensor, log_phi: Tensor, chunk: int,
     chunk sums ``e[a] = sum_j phi^(C - 1 - j) u[a, j]`` (``_DecayScan``). The products are batched
     matmuls, O(L D (C + N)) work, against the FFT's O(L D log L) in complex arithmetic plus the
     O(L D N)-sized kernel it needs; nothing of size (D, N, L) is built.
+    The backward-in-time kernel is the mirror image on the same chunks: its Toeplitz matrix is
+    the upper triangle of the same C x C product (one full matrix for both directions), its chunk
+    sums ``sum_j phi'^j u[a, j]`` share the chunk-sum product with the forward ones, its states
+    come from the same scan run from the last chunk, and its carry ``coef' phi'^(C - i)`` joins
+    the forward carry in one product: the layer reads the input once instead of a time-reversed
+    copy, and the in-chunk product has D' rows instead of 2 D'.
     Truncation: the truncated kernel's output is ``y_t - sum_n coef phi^L_k h_(t - L_k)[n]``, so
     a second readout with ``coef phi^L_k`` shares the scan, shifted by L_k tokens
-    (the identity the decoding step uses, see 'Decoding state' below).
+    (the identity the decoding step uses, see 'Decoding state' below); backward in time the
+    shift is L_k tokens the other way.
 
     Written so that the backward pass is matmuls and adds only: separate products rather than
     slices of one (a slice's gradient is a zero-filled copy of the whole product), and no
@@ -341,28 +359,69 @@ def chunked_ema_conv(u: Tensor, coef: Tensor, log_phi: Tensor, chunk: int,
     # stride (e.g. a transposed view of a time-major input) matrix by matrix, a copy each
     x = F.pad(u, (0, padded - seq_len)) if padded > seq_len else u  # F.pad copies even when padding nothing
     x = x.reshape(channels, bsz * num_chunks, chunk).contiguous()
-    powers = torch.exp(log_phi.unsqueeze(-1) * torch.arange(chunk + 1, device=u.device, dtype=u.dtype))  # phi^0..C
-    # the chunk sums, then the states at the chunk starts (zero for the first chunk)
-    ends = torch.bmm(x, powers[..., :chunk].flip(-1).transpose(1, 2))  # (D', B A, N)
-    starts = _DecayScan.apply(ends.view(channels, bsz, num_chunks, ndim), powers[..., chunk])
-    starts = starts.view(channels, bsz * num_chunks, ndim)
+    steps = torch.arange(chunk + 1, device=u.device, dtype=u.dtype)
+    powers = torch.exp(log_phi.unsqueeze(-1) * steps)  # phi^0..C, (D', N, C + 1)
     truncated = truncation is not None and truncation < seq_len
-    out = _readout(x, starts, coef, powers, chunk)
+    if backward is None:
+        # the chunk sums, then the states at the chunk starts (zero for the first chunk)
+        ends = torch.bmm(x, powers[..., :chunk].flip(-1).transpose(1, 2))  # (D', B A, N)
+        starts = _DecayScan.apply(ends.view(channels, bsz, num_chunks, ndim), powers[..., chunk])
+        starts = starts.view(channels, bsz * num_chunks, ndim)
+        out = _readout(x, starts, coef, powers, chunk)
+    else:
+        coef_back, log_phi_back = backward
+        powers_back = torch.exp(log_phi_back.unsqueeze(-1) * steps)
+        # chunk sums of both directions in one product: phi^(C - 1 - j) forward, phi'^j backward
+        sums = torch.cat([powers[..., :chunk].flip(-1), powers_back[..., :chunk]], dim=1)  # (D', 2N, C)
+        ends = torch.bmm(x, sums.transpose(1, 2)).view(channels, bsz, num_chunks, 2 * ndim)
+        # the backward states scan from the last chunk: flip the chunk axis of their half
+        # (small tensors, (D', B, A, N)), one scan for both halves
+        decay = torch.cat([powers[..., chunk], powers_back[..., chunk]], dim=-1)
+        ends_forward, ends_back = ends.view(channels, bsz, num_chunks, 2, ndim).unbind(3)
+        scanned = _DecayScan.apply(torch.stack([ends_forward, ends_back.flip(2)], dim=3)
+                                   .view(channels, bsz, num_chunks, 2 * ndim), decay)
+        starts_forward, starts_back = scanned.view(channels, bsz, num_chunks, 2, ndim).unbind(3)
+        starts = torch.stack([starts_forward, starts_back.flip(2)], dim=3).view(channels, bsz * num_chunks, 2 * ndim)
+        kernel = _chunk_kernel(coef, powers, chunk)
+        kernel_back = _chunk_kernel(coef_back, powers_back, chunk)
+        # carry into offset i: coef phi^(i + 1) from the previous chunk, coef' phi'^(C - i) from the next
+        carry = torch.cat([coef.unsqueeze(-1) * powers[..., 1:],
+                           (coef_back.unsqueeze(-1) * powers_back[..., 1:]).flip(-1)], dim=1)  # (D', 2N, C)
+        toeplitz = _toeplitz(kernel, chunk) + _toeplitz(kernel_back, chunk).transpose(1, 2)
+        out = torch.baddbmm(torch.bmm(x, toeplitz), starts, carry)
     out = out.view(channels, bsz, padded)
     out = out[..., :seq_len] if padded > seq_len else out
     if truncated:
-        lagged = _readout(x, starts, coef * torch.exp(log_phi * truncation), powers, chunk)
+        starts_forward = starts if backward is None else starts_forward.reshape(channels, bsz * num_chunks, ndim)
+        lagged = _readout(x, starts_forward, coef * torch.exp(log_phi * truncation), powers, chunk)
         lagged = lagged.view(channels, bsz, padded)[..., :seq_len - truncation]
         out = out - F.pad(lagged, (truncation, 0))
+        if backward is not None:  # backward in time the lagged state is L_k tokens ahead
+            readout = coef_back * torch.exp(log_phi_back * truncation)
+            kernel_back = _chunk_kernel(readout, powers_back, chunk)
+            carry_back = (readout.unsqueeze(-1) * powers_back[..., 1:]).flip(-1)
+            lagged = torch.baddbmm(torch.bmm(x, _toeplitz(kernel_back, chunk).transpose(1, 2)),
+                                   starts_back.flip(2).reshape(channels, bsz * num_chunks, ndim), carry_back)
+            lagged = lagged.view(channels, bsz, padded)[..., truncation:seq_len]
+            out = out - F.pad(lagged, (0, truncation))
     return out
+
+
+def _chunk_kernel(readout: Tensor, powers: Tensor, chunk: int) -> Tensor:
+    """``K[0..C-1] = sum_n readout phi^l``, ``(D', C)``, for readout ``(D', N)`` and powers
+    ``(D', N, >= C)``."""
+    return torch.bmm(readout.unsqueeze(1), powers[..., :chunk]).squeeze(1)
+
+
+def _toeplitz(kernel: Tensor, chunk: int) -> Tensor:
+    """``toeplitz[:, j, i] = K[i - j]`` for j <= i, else 0 (the right factor of ``x @ T``), ``(D', C, C)``."""
+    return F.pad(kernel, (chunk - 1, 0)).flip(-1).unfold(-1, chunk, 1).flip(-2).transpose(1, 2)
 
 
 def _readout(x: Tensor, starts: Tensor, readout: Tensor, powers: Tensor, chunk: int) -> Tensor:
     """In-chunk Toeplitz product plus what the chunk-start state carries, for one readout
     ``(D', N)``: ``x @ T + starts @ (readout phi^(i + 1))``, ``(D', B A, C)``."""
-    kernel = torch.bmm(readout.unsqueeze(1), powers[..., :chunk]).squeeze(1)  # (D', C): K[0..C-1]
-    # toeplitz[:, j, i] = K[i - j] for j <= i, else 0 (the right factor of x @ T)
-    toeplitz = F.pad(kernel, (chunk - 1, 0)).flip(-1).unfold(-1, chunk, 1).flip(-2).transpose(1, 2)
+    toeplitz = _toeplitz(_chunk_kernel(readout, powers, chunk), chunk)
     carry = readout.unsqueeze(-1) * powers[..., 1:]  # (D', N, C)
     return torch.baddbmm(torch.bmm(x, toeplitz), starts, carry)
 
