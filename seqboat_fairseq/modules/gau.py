@@ -29,7 +29,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .initializers import linear, trunc_normal_
 from .local_attention import ATTENTION_ACTIVATIONS, attention_block, local_attention, memory_attention
-from .positions import RelativePositionalBias, apply_rotary
+from .positions import RelativePositionalBias, apply_rotary, rotary_frequencies
+from .precision import upcast
 from .recompute import gated_linear, silu_linear
 from .sma import Compression, compress, extract, plan_compression
 
@@ -192,43 +193,67 @@ class GatedAttentionUnit(nn.Module):
         """One new token per row. s: ``(B, D)``; active: ``(B,)`` bool; position: ``(B,)``;
         ``max_count``: a bound on ``count`` after this token (tokens consumed so far + 1).
         Returns ``(B, D)`` (zeros where the token is skipped). No host synchronisation."""
+        return self.step_projected(self.in_proj(s), active, position, state, max_count)
+
+    def step_projected(self, a: Tensor, active: Tensor, position: Tensor, state: MemoryState, max_count: int,
+                       *, scale: Optional[Tensor] = None, consumed: Optional[int] = None) -> Tensor:
+        """``step`` from the input projection's output ``a = in_proj(s)`` ``(B, Z + 2H)``, which a layer
+        may compute in one product with its other projections of s. ``scale`` ``(B,)``: the factor
+        on the output (default ``active``; a layer passes its router gate, 0 where the token is
+        skipped). ``consumed``: the tokens consumed so far as a Python int (every row's ``position``),
+        which lets the rotary rotation come from a table made once per decode. Returns ``(B, D)``.
+
+        The new key / value / position / rank are written at ring slot ``count % S`` whether or not
+        the token is active (one ``index_copy_`` each, no read-modify-write): a skipped token's entry
+        is overwritten by the next activated token, which has the same rank, before any query that
+        could see it (a slot below ``count`` only in a full ring, where it holds rank ``count - S``,
+        one past the window of every later query; chunked: beyond the current query's slot)."""
         self._reserve(state, max_count)
-        q, k, r, v = self.project(s.unsqueeze(1), position.unsqueeze(1))
+        z, r, v = F.silu(a).split([self.zdim, self.hdim, self.hdim], dim=-1)
+        v = self.hidden_dropout(v)
+        qk = torch.addcmul(self.qk_beta, z.unsqueeze(1), self.qk_gamma)  # (B, 2, Z): q and k in one op
+        if self.rotary:
+            qk = self._rotate_step(qk, position, consumed)
+        q, k = qk.unbind(1)
         keys, values, count = state["key"], state["value"], state["count"]
         bsz, slots = keys.shape[:2]
-        rank = count.clone()  # of the new token, if active (count is updated in place below)
-        slot = (rank % slots).view(bsz, 1)
-        keep = ~active.view(bsz, 1)
-
-        def write(buffer: Tensor, new: Tensor) -> None:  # buffer[b, slot[b]] = new[b] where active
-            index = slot.view(bsz, 1, *([1] * (buffer.dim() - 2))).expand(bsz, 1, *buffer.shape[2:])
-            old = buffer.gather(1, index)
-            buffer.scatter_(1, index, torch.where(keep.view(bsz, 1, *([1] * (buffer.dim() - 2))), old,
-                                                  new.to(buffer.dtype)))
-
-        write(keys, k)
-        write(values, v)
-        write(state["position"], position.unsqueeze(1))
-        write(state["rank"], rank.unsqueeze(1))
-        count.add_(active.long())
+        slot = count % slots  # (B,): the ring slot of rank count
+        flat = slot if bsz == 1 else slot + torch.arange(0, bsz * slots, slots, device=slot.device)
+        keys.view(bsz * slots, -1).index_copy_(0, flat, k.to(keys.dtype))
+        values.view(bsz * slots, -1).index_copy_(0, flat, v.to(values.dtype))
+        state["position"].view(-1).index_copy_(0, flat, position)
+        state["rank"].view(-1).index_copy_(0, flat, count)
         # Only slots below max_count can hold an entry (the token of rank r is in slot r % S and
         # r < max_count): attending over those alone is exact and, early in a context, reads a
         # fraction of the memory (decoding is memory-bandwidth bound). max_count is a host int.
         used = min(slots, max_count)
-        keys, values = keys[:, :used], values[:, :used]
+        offsets = None
+        if self.rel_pos is not None:
+            if self.local_pos:  # slot offsets: how many activated tokens back
+                offsets = state["rank"][:, :used] - count.unsqueeze(1)
+            else:
+                offsets = state["position"][:, :used] - position.unsqueeze(1)
+        slot_index = torch.arange(used, device=a.device)
         if self.chunked:  # the current chunk: slots 0 .. rank % c (the new token included)
-            valid = torch.arange(used, device=s.device).unsqueeze(0) <= slot
-        else:
-            valid = torch.arange(used, device=s.device).unsqueeze(0) < count.clamp(max=slots).unsqueeze(1)
-        if self.local_pos:  # slot offsets: how many activated tokens back
-            offsets = state["rank"][:, :used] - rank.unsqueeze(1)
-        else:
-            offsets = state["position"][:, :used] - position.unsqueeze(1)
+            valid = slot_index <= slot.unsqueeze(1)
+        count.add_(active)
+        if not self.chunked:
+            valid = slot_index < count.clamp(max=slots).unsqueeze(1)
         # chunked: the full-mode normaliser (1 / keys seen) is the chunk's, so window=None
-        attended = memory_attention(q[:, 0], keys, values, valid, window=None if self.chunked else self.window,
-                                    activation=self.activation, offsets=offsets, bias=self.rel_pos,
-                                    dropout=self.attention_dropout)
-        return self.output(attended.unsqueeze(1), r)[:, 0] * active.unsqueeze(-1).to(s.dtype)
+        attended = memory_attention(q, keys[:, :used], values[:, :used], valid,
+                                    window=None if self.chunked else self.window, activation=self.activation,
+                                    offsets=offsets, bias=self.rel_pos, dropout=self.attention_dropout)
+        out = self.output(attended, r)
+        return out * (active.to(out.dtype) if scale is None else scale).unsqueeze(-1)
+
+    def _rotate_step(self, qk: Tensor, position: Tensor, consumed: Optional[int]) -> Tensor:
+        """``apply_rotary(qk, position)`` for qk ``(B, 2, Z)``; with ``consumed`` (the position of
+        every row, a host int) the rotation ``exp(i position theta)`` is read from a table."""
+        if consumed is None:
+            return apply_rotary(qk, position.unsqueeze(-1))
+        table = rotary_step_table(qk.size(-1), consumed + 1, qk.device)
+        pairs = torch.view_as_complex(upcast(qk).unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * table[consumed]).flatten(-2).type_as(qk)
 
     def forward_chunk(self, s: Tensor, active: Tensor, positions: Tensor, state: MemoryState,
                       max_count: int) -> Tensor:
@@ -278,6 +303,24 @@ class GatedAttentionUnit(nn.Module):
         span = f"chunk={self.window}" if self.chunked else f"window={self.window}"
         return (f"zdim={self.zdim}, hdim={self.hdim}, {span}, causal={self.causal}, "
                 f"activation={self.activation}, positions={pos}")
+
+
+_ROTARY_STEP_TABLES: Dict[Tuple[int, str], Tensor] = {}
+
+
+def rotary_step_table(dim: int, length: int, device) -> Tensor:
+    """``exp(i p theta)`` for positions p < at least ``length``: ``(P, dim / 2)`` complex64, one table
+    per (dim, device) shared by every layer, grown by doubling. The angles are ``apply_rotary``'s
+    (``float(p) * theta`` in fp32). A cache of constants, not a buffer (nothing can make it stale),
+    made outside inference mode so that any mode may read it."""
+    key = (dim, str(device))
+    table = _ROTARY_STEP_TABLES.get(key)
+    if table is None or table.size(0) < length:
+        size = max(length, 2 * (0 if table is None else table.size(0)), 1024)
+        with torch.inference_mode(False), torch.no_grad():
+            angle = torch.arange(size, device=device).float().unsqueeze(-1) * rotary_frequencies(dim, device)
+            table = _ROTARY_STEP_TABLES[key] = torch.polar(torch.ones_like(angle), angle)
+    return table
 
 
 # --------------------------------------------------------------------------- ring memory <-> chronological order

@@ -91,23 +91,30 @@ def measure_column_route(rows: int, weight: Tensor, bias) -> bool:
     return column_s * MARGIN <= linear_s
 
 
+def routed_linear(x: Tensor, weight: Tensor, bias) -> Tensor:
+    """``F.linear(x, weight, bias)``; a CPU input of <= ``MAX_ROWS`` rows without gradients takes the
+    column-GEMM route where it was measured to be faster for this weight's shape (module docstring).
+    Also used for weights that are not one module's (the decoding step's fused projections)."""
+    rows = x.numel() // x.size(-1) if x.size(-1) else 0
+    if (x.device.type != "cpu" or rows == 0 or rows > MAX_ROWS or x.dtype != weight.dtype
+            or torch.is_grad_enabled()):
+        return F.linear(x, weight, bias)
+    bucket = row_bucket(rows)
+    key = (bucket, weight.size(1), weight.size(0), bias is not None, x.dtype, torch.get_num_threads())
+    column = _DECISIONS.get(key)
+    if column is None:
+        if _measuring_is_unsafe():
+            return F.linear(x, weight, bias)
+        column = _DECISIONS[key] = measure_column_route(bucket, weight, bias)
+    if not column:
+        return F.linear(x, weight, bias)
+    out = column_product(x.reshape(rows, x.size(-1)), weight, bias)
+    return out.reshape(*x.shape[:-1], weight.size(0))
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` whose CPU forward for <= ``MAX_ROWS`` rows without gradients takes the column-GEMM
-    route where it was measured to be faster for that shape (module docstring)."""
+    route where it was measured to be faster for that shape (module docstring, ``routed_linear``)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        rows = x.numel() // x.size(-1) if x.size(-1) else 0
-        if (x.device.type != "cpu" or rows == 0 or rows > MAX_ROWS or x.dtype != self.weight.dtype
-                or torch.is_grad_enabled()):
-            return F.linear(x, self.weight, self.bias)
-        bucket = row_bucket(rows)
-        key = (bucket, self.in_features, self.out_features, self.bias is not None, x.dtype, torch.get_num_threads())
-        column = _DECISIONS.get(key)
-        if column is None:
-            if _measuring_is_unsafe():
-                return F.linear(x, self.weight, self.bias)
-            column = _DECISIONS[key] = measure_column_route(bucket, self.weight, self.bias)
-        if not column:
-            return F.linear(x, self.weight, self.bias)
-        out = column_product(x.reshape(rows, x.size(-1)), self.weight, self.bias)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        return routed_linear(x, self.weight, self.bias)

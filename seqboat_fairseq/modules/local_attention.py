@@ -505,10 +505,16 @@ def memory_attention(
     scale = query_scale(activation, q.size(-1), window, causal=True)
     if scale is None:  # full mode relu2/laplace: 1 / (number of keys, itself included)
         scale = 1.0 / memory_valid.sum(-1, keepdim=True).clamp(min=1).to(q.dtype)
-    scores = torch.einsum("bz,bmz->bm", upcast(q * scale), upcast(memory_k))
+    # bmm rather than einsum: einsum's planning (permutes, reshapes) costs more than these
+    # one-query products on a CPU
+    scores = torch.bmm(upcast(memory_k), upcast(q * scale).unsqueeze(-1)).squeeze(-1)  # (B, M)
     if bias is not None:
         scores = scores + upcast(bias(offsets))
-    weights = attention_weights(scores, memory_valid, activation).type_as(memory_v)
+    if activation == "softmax":  # in place: the scores are this function's own tensor
+        weights = torch.softmax(scores.masked_fill_(~memory_valid, MASK_VALUE), dim=-1)
+    else:
+        weights = attention_weights(scores, memory_valid, activation)
+    weights = weights.type_as(memory_v)
     if dropout is not None:
         weights = dropout(weights)
-    return torch.einsum("bm,bmh->bh", weights, memory_v)
+    return torch.bmm(weights.unsqueeze(1), memory_v).squeeze(1)

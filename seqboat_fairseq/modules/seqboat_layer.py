@@ -34,6 +34,7 @@ from .ema import MultiHeadEMA
 from .ffn import NormalizedFeedForwardNetwork
 from .gau import GatedAttentionUnit
 from .initializers import linear
+from .linear import routed_linear
 from .norms import SequenceNorm
 from .sma import LatentConfigurator
 
@@ -167,6 +168,8 @@ class SeqBoatLayer(DecodingLayer):
                   ) -> Tuple[Tensor, LayerActivation]:
         """norm -> MD-EMA -> route -> GAU -> gate -> combine, in parallel (``state`` None), for one
         new token (``step``) or for several (``forward_chunk``); the state is updated in place."""
+        if state is not None and x.size(0) == 1:
+            return self._decode_token(x, padding_mask, state)
         residual = x
         h = self.norm(x) if self.prenorm else x
         s = self.dropout(F.silu(run_ema(self.ema, h, padding_mask, state))).transpose(0, 1)  # (B, T, D)
@@ -180,6 +183,51 @@ class SeqBoatLayer(DecodingLayer):
         return y, LayerActivation(active, confidence)
 
     # ------------------------------------------------------------------ incremental decoding
+    def _decode_token(self, x: Tensor, padding_mask: Optional[Tensor], state: DecodingState
+                      ) -> Tuple[Tensor, LayerActivation]:
+        """``_pipeline`` for one new token (x ``(1, B, D)``, padding_mask ``(B, 1)``): the same
+        computation on ``(B, D)`` rows, with the router logits, the always-on path and the GAU's
+        input projection in one product (``step_projection``), the EMA's ring and the rotary
+        rotation addressed by the host count, and the router gate applied inside the GAU step."""
+        pad = None if padding_mask is None else padding_mask[:, 0]
+        h = self.norm(x) if self.prenorm else x  # (1, B, D): the norms take time-major sequences
+        consumed = state["length"]
+        e = self.ema.step(h[0], state["ema"], state["position"], pad, consumed=consumed)[0]
+        s = self.dropout(F.silu(e))  # (B, D)
+        projected = self.step_projection(s)
+        if self.router is None:
+            hx, a = projected.split([self.embed_dim, projected.size(-1) - self.embed_dim], dim=-1)
+            active = torch.ones(s.size(0), 1, dtype=torch.bool, device=s.device)
+            active = active if padding_mask is None else ~padding_mask
+            gate = None
+        else:
+            logits, hx, a = projected.split(
+                [LatentConfigurator.num_options, self.embed_dim, projected.size(-1) - self.hx_proj.out_features],
+                dim=-1)
+            # (B, 1) as in the parallel pipeline: a ``forced_activation`` rule sees the same shapes
+            active, gate = self.router(logits.unsqueeze(1), padding_mask, self.act_bias)
+        g = self.gau.step_projected(a, active[:, 0], state["position"], state["gau"], max_count=consumed + 1,
+                                    scale=None if gate is None else gate[:, 0], consumed=consumed)
+        y = self.combine(hx.unsqueeze(0), g.unsqueeze(0), x)
+        advance(state, 1)
+        return y, LayerActivation(active, active.to(s.dtype) if gate is None else gate)
+
+    def step_projection(self, s: Tensor) -> Tensor:
+        """``[hx_proj(s) | gau.in_proj(s)]`` for s ``(B, D)``: one product with the two weights
+        stacked when no gradient is recorded (decoding); the stacked copy is cached on the layer
+        and made again whenever a weight changes (in-place updates bump a tensor's version)."""
+        parts = (self.hx_proj.weight, self.hx_proj.bias, self.gau.in_proj.weight, self.gau.in_proj.bias)
+        if torch.is_grad_enabled() or any(p is None for p in parts):
+            return torch.cat([self.hx_proj(s), self.gau.in_proj(s)], dim=-1)
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parts)
+        cached = self.__dict__.get("_stacked_projection")
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # an ordinary tensor, readable in any mode
+                weight = torch.cat([self.hx_proj.weight, self.gau.in_proj.weight], dim=0)
+                bias = torch.cat([self.hx_proj.bias, self.gau.in_proj.bias], dim=0)
+            cached = self.__dict__["_stacked_projection"] = (key, weight, bias)
+        return routed_linear(s, cached[1], cached[2])
+
     def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> DecodingState:
         """An empty decoding state (see the class docstring)."""
         if self.bidirectional:
