@@ -44,6 +44,6 @@ setup(
     ],
     extras_require={
         "fairseq": ["ve-fairseq>=0.12.3,<0.13"],
-        "test": ["pytest>=7", "pytest-timeout>=2"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3.5"],
     },
 )

@@ -23,6 +23,13 @@ def assert_close(name, actual, expected, atol=1e-5, rtol=0.0):
     assert ok, f"{name}: max abs err {max_abs:.3e}, max rel err {max_rel:.3e} (atol={atol}, rtol={rtol})"
 
 
+# Under pytest-xdist (pytest.ini: -n 2) each worker runs one test at a time on one core: one torch
+# thread, and OMP_NUM_THREADS=1 for every process a test starts, so that two workers never ask
+# for more threads than the machine has cores (tests that need a count set their own).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 # SEQBOAT_TEST_DEVICE=cuda runs the module tests with CUDA as the default device (bench/device_check.sh)
 TEST_DEVICE = torch.device(os.environ.get("SEQBOAT_TEST_DEVICE", "cpu"))
 
@@ -286,10 +293,13 @@ def assert_partially_active(active, padding_mask=None, window=None, what="activa
 
 
 def pytest_collection_modifyitems(items):
-    """Every slow test that is not a learning check is an end-to-end run: ``-m e2e`` / ``-m learning``."""
+    """Every slow test that is not a learning check is an end-to-end run: ``-m e2e`` / ``-m learning``.
+    Slow tests run first (otherwise in file order), so that under pytest-xdist the last tests that a
+    worker takes are short ones and both workers finish together."""
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("learning"):
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def assert_prep_error(capsys, main, error_prefix, argv, *fragments):
