@@ -61,6 +61,13 @@ def test_chunked_conv_gradients():
     ends = torch.randn(2, 3, 9, 2, dtype=torch.float64, requires_grad=True)
     decay = (torch.rand(2, 2, dtype=torch.float64) * 0.9).requires_grad_(True)
     assert torch.autograd.gradcheck(_DecayScan.apply, (ends, decay))
+    # lane 0 from the first chunk, lane 1 from the last (the bidirectional EMA's shared scan)
+    assert torch.autograd.gradcheck(lambda e, d: _DecayScan.apply(e, d, 1), (ends, decay))
+    with torch.no_grad():
+        both = _DecayScan.apply(ends, decay, 1)
+        assert_close("forward lane", both[..., :1], _DecayScan.apply(ends[..., :1], decay[:, :1]), atol=1e-12)
+        assert_close("reversed lane", both[..., 1:],
+                     _DecayScan.apply(ends[..., 1:].flip(2), decay[:, 1:]).flip(2), atol=1e-12)
 
 
 @pytest.mark.parametrize("truncation", [None, 4, 6, 11], ids=["full", "trunc4", "trunc6", "trunc11"])

@@ -383,14 +383,9 @@ def chunked_ema_conv(u: Tensor, coef: Tensor, log_phi: Tensor, chunk: int,
         # chunk sums of both directions in one product: phi^(C - 1 - j) forward, phi'^j backward
         sums = torch.cat([powers[..., :chunk].flip(-1), powers_back[..., :chunk]], dim=1)  # (D', 2N, C)
         ends = torch.bmm(x, sums.transpose(1, 2)).view(channels, bsz, num_chunks, 2 * ndim)
-        # the backward states scan from the last chunk: flip the chunk axis of their half
-        # (small tensors, (D', B, A, N)), one scan for both halves
+        # one scan for both halves, the backward one from the last chunk
         decay = torch.cat([powers[..., chunk], powers_back[..., chunk]], dim=-1)
-        ends_forward, ends_back = ends.view(channels, bsz, num_chunks, 2, ndim).unbind(3)
-        scanned = _DecayScan.apply(torch.stack([ends_forward, ends_back.flip(2)], dim=3)
-                                   .view(channels, bsz, num_chunks, 2 * ndim), decay)
-        starts_forward, starts_back = scanned.view(channels, bsz, num_chunks, 2, ndim).unbind(3)
-        starts = torch.stack([starts_forward, starts_back.flip(2)], dim=3).view(channels, bsz * num_chunks, 2 * ndim)
+        starts = _DecayScan.apply(ends, decay, ndim).view(channels, bsz * num_chunks, 2 * ndim)
         kernel = _chunk_kernel(coef, powers, chunk)
         kernel_back = _chunk_kernel(coef_back, powers_back, chunk)
         # carry into offset i: coef phi^(i + 1) from the previous chunk, coef' phi'^(C - i) from the next
@@ -401,7 +396,7 @@ def chunked_ema_conv(u: Tensor, coef: Tensor, log_phi: Tensor, chunk: int,
     out = out.view(channels, bsz, padded)
     out = out[..., :seq_len] if padded > seq_len else out
     if truncated:
-        starts_forward = starts if backward is None else starts_forward.reshape(channels, bsz * num_chunks, ndim)
+        starts_forward = starts if backward is None else starts[..., :ndim]
         lagged = _readout(x, starts_forward, coef * torch.exp(log_phi * truncation), powers, chunk)
         lagged = lagged.view(channels, bsz, padded)[..., :seq_len - truncation]
         out = out - F.pad(lagged, (truncation, 0))
@@ -410,7 +405,7 @@ def chunked_ema_conv(u: Tensor, coef: Tensor, log_phi: Tensor, chunk: int,
             kernel_back = _chunk_kernel(readout, powers_back, chunk)
             carry_back = (readout.unsqueeze(-1) * powers_back[..., 1:]).flip(-1)
             lagged = torch.baddbmm(torch.bmm(x, _toeplitz(kernel_back, chunk).transpose(1, 2)),
-                                   starts_back.flip(2).reshape(channels, bsz * num_chunks, ndim), carry_back)
+                                   starts[..., ndim:], carry_back)
             lagged = lagged.view(channels, bsz, padded)[..., truncation:seq_len]
             out = out - F.pad(lagged, (0, truncation))
     return out
@@ -441,38 +436,55 @@ class _DecayScan(torch.autograd.Function):
     (Hillis-Steele) scan: ceil(log2 A) full-size steps instead of A small ones. A Function
     because autograd would keep every step's input; this keeps the output only. The backward
     pass is the same scan run backwards in time: with ``g[a] = grad_h[a] + decay * g[a + 1]``,
-    ``grad_e[a] = g[a + 1]`` and ``grad_decay = sum_a g[a] h[a - 1]``."""
+    ``grad_e[a] = g[a + 1]`` and ``grad_decay = sum_a g[a] h[a - 1]``.
+    ``reverse_from`` (an int n0, or None): the lanes n >= n0 run the other way, from the last
+    chunk (``h[a] = decay * h[a + 1] + e[a + 1]``), so that both directions of a bidirectional
+    EMA share one scan without flipped copies."""
 
     @staticmethod
-    def forward(ctx, ends: Tensor, decay: Tensor) -> Tensor:
+    def forward(ctx, ends: Tensor, decay: Tensor, reverse_from: Optional[int] = None) -> Tensor:
+        split = ends.size(-1) if reverse_from is None else reverse_from
         shifted = torch.zeros_like(ends, memory_format=torch.contiguous_format)
-        shifted[:, :, 1:] = ends[:, :, :-1]
-        states = _decay_scan(shifted, decay)
+        shifted[:, :, 1:, :split] = ends[:, :, :-1, :split]
+        shifted[:, :, :-1, split:] = ends[:, :, 1:, split:]
+        states = _decay_scan(shifted, decay, split)
         ctx.save_for_backward(states, decay)
+        ctx.split = split
         return states
 
     @staticmethod
     def backward(ctx, grad_states: Tensor):
         states, decay = ctx.saved_tensors
-        adjoint = _decay_scan(grad_states.flip(2), decay).flip(2)
+        split = ctx.split
+        # the adjoint runs each lane the other way: a scan whose reversed lanes are the forward ones
+        adjoint = _decay_scan(grad_states.flip(-1), decay.flip(-1), decay.size(-1) - split).flip(-1)
         grad_ends = torch.zeros_like(adjoint)
-        grad_ends[:, :, :-1] = adjoint[:, :, 1:]
+        grad_ends[:, :, :-1, :split] = adjoint[:, :, 1:, :split]
+        grad_ends[:, :, 1:, split:] = adjoint[:, :, :-1, split:]
         grad_decay = None
         if ctx.needs_input_grad[1]:
-            grad_decay = (adjoint[:, :, 1:] * states[:, :, :-1]).sum((1, 2))
-        return grad_ends, grad_decay
+            grad_decay = torch.cat([(adjoint[:, :, 1:, :split] * states[:, :, :-1, :split]).sum((1, 2)),
+                                    (adjoint[:, :, :-1, split:] * states[:, :, 1:, split:]).sum((1, 2))], dim=-1)
+        return grad_ends, grad_decay, None
 
 
-def _decay_scan(ends: Tensor, decay: Tensor) -> Tensor:
+def _decay_scan(ends: Tensor, decay: Tensor, split: Optional[int] = None) -> Tensor:
     """The inclusive recurrence ``h[a] = decay * h[a - 1] + e[a]`` in place on ``ends`` (no
     autograd; returns it): after the step with shift s, h[a] sums e[b] decay^(a - b) over
-    a - 2s < b <= a."""
+    a - 2s < b <= a. Lanes ``n >= split`` (default: none) run from the last chunk instead."""
     states = ends
+    split = states.size(-1) if split is None else split
+    forward, backward = states[..., :split], states[..., split:]
     factor = decay[:, None, None, :]
+    factor_forward, factor_backward = factor[..., :split], factor[..., split:]
     shift = 1
     while shift < states.size(2):
         # the product is a new tensor, so the in-place add reads only the previous step's values
-        states[:, :, shift:] += states[:, :, :-shift] * factor
-        factor = factor * factor
+        if split > 0:
+            forward[:, :, shift:] += forward[:, :, :-shift] * factor_forward
+        if split < states.size(-1):
+            backward[:, :, :-shift] += backward[:, :, shift:] * factor_backward
+        factor_forward = factor_forward * factor_forward
+        factor_backward = factor_backward * factor_backward
         shift *= 2
     return states
