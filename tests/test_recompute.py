@@ -106,3 +106,69 @@ def test_without_gradients_the_module_runs():
         assert_close("silu_linear", silu_linear(x, linear), _plain_silu(x, linear), atol=1e-6)
         assert_close("gated_linear", gated_linear(x, x, linear), _plain_gated(x, x, linear), atol=1e-6)
     assert len(calls) == 2
+
+
+# --------------------------------------------------------------------------- the layer's head and tail
+def _layer_step(layer, x, mask, fused, monkeypatch):
+    """Output, activation and input / parameter gradients of one forward + backward of ``layer``
+    on x under the forced activation ``mask`` (None: always-active layer), with the fused head and
+    tail (``silu_projection`` / ``gated_combine``) or the plain composition; also the bytes autograd
+    keeps and whether the fused path ran."""
+    import seqboat_fairseq.modules.seqboat_layer as seqboat_layer
+    from seqboat_fairseq.modules.sma import forced_activation
+
+    calls = []
+    real = seqboat_layer.gated_combine
+    monkeypatch.setattr(seqboat_layer, "gated_combine", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(seqboat_layer, "fused_head_tail_applies",
+                        recompute_module.fused_head_tail_applies if fused else (lambda *t: False))
+    layer.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_(True)
+    out = {}
+
+    def forward():
+        if mask is None:
+            out["y"], out["act"] = layer(x)
+        else:
+            with forced_activation(layer, lambda active: mask.expand_as(active)):
+                out["y"], out["act"] = layer(x)
+
+    saved = _saved_bytes(forward)
+    y, act = out["y"], out["act"]
+    (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    grads = {"x": x.grad, **{n: p.grad for n, p in layer.named_parameters() if p.grad is not None}}
+    return y.detach(), act.confidence.detach(), grads, saved, bool(calls)
+
+
+import seqboat_fairseq.modules.recompute as recompute_module  # noqa: E402
+
+
+@pytest.mark.parametrize("kind", ["seqboat_bidirectional", "seqboat_causal", "always_active_chunked"])
+def test_layer_head_and_tail_equal_the_plain_pipeline_and_keep_less(kind, monkeypatch):
+    """SeqBoatLayer's parallel pass through silu_projection / gated_combine gives the plain pipeline's
+    output, gate and every gradient (router temperature included); at a 25 % rate it keeps at least
+    two (L, B, D) fp32 tensors less (s and the pre-activation; the gated output is compressed)."""
+    from seqboat_fairseq.modules.seqboat_layer import SeqBoatLayer
+
+    torch.manual_seed(0)
+    length, dim = 96, 12
+    always = kind == "always_active_chunked"
+    layer = SeqBoatLayer(dim, 6, 16, 4, bidirectional=kind != "seqboat_causal", window=8, truncation=None,
+                         norm_type="batchnorm", always_active=always, chunked=always, max_positions=128,
+                         ffn_dim=8).train()
+    x = torch.randn(length, 1, dim)
+    mask = None if always else (torch.rand(1, length) < 0.25)
+    y0, g0, grads0, saved0, fused0 = _layer_step(layer, x, mask, False, monkeypatch)
+    y1, g1, grads1, saved1, fused1 = _layer_step(layer, x, mask, True, monkeypatch)
+    assert fused1 and not fused0  # the two runs take the two paths
+    assert 0.1 < float(g1.gt(0).float().mean()) < 0.45 or always  # a sparse rate: compression is exercised
+    assert_close("output", y1, y0, atol=1e-6)
+    assert_close("gate", g1, g0, atol=0)
+    assert grads1.keys() == grads0.keys() and "router.log_temperature" in grads1 or always
+    for name in grads0:
+        assert_close(f"grad {name}", grads1[name], grads0[name], atol=1e-5)
+    one_tensor = length * dim * 4
+    if always:
+        assert saved1 < saved0 + one_tensor  # MEGA-chunk: the GAU reads s itself; no (L, B, D) tensor added
+    else:
+        assert saved1 <= saved0 - 2 * one_tensor, (saved0, saved1)

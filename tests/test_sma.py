@@ -101,3 +101,25 @@ def test_router_gradient_flows_through_confidence_only():
     assert (logits.grad[active] != 0).any()
     with pytest.raises(ValueError, match="init-temp-scale"):
         LatentConfigurator(4, init_temp_scale=0.0)
+
+
+def test_compress_does_not_keep_its_input_for_the_backward_pass():
+    """compress gathers with index_select, which keeps only the index: the layer relies on it not to
+    keep the uncompressed (B, L, D) input alive (recompute.silu_projection drops it)."""
+    active = _active(CASES["mixed"])
+    x = torch.randn(*active.shape, 64, requires_grad=True)
+    plan = plan_compression(active)
+    assert not plan.identity
+    kept = []
+
+    def pack(t):
+        kept.append(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = compress(x, plan)
+    assert x.untyped_storage().data_ptr() not in kept
+    y.sum().backward()
+    expected = torch.zeros_like(x)
+    expected[active] = 1.0
+    assert_close("grad", x.grad, expected, atol=0)

@@ -141,6 +141,15 @@ class GatedAttentionUnit(nn.Module):
     def forward(self, s: Tensor, active: Tensor) -> Tensor:
         """s: ``(B, L, D)``, active: ``(B, L)`` bool. Runs on the active tokens only; returns
         ``(B, L, D)`` with zeros at skipped tokens."""
+        out, _, plan = self.forward_compressed(s, active)
+        return extract(out, plan)
+
+    def forward_compressed(self, s: Tensor, active: Tensor, gate: Optional[Tensor] = None
+                           ) -> Tuple[Tensor, Optional[Tensor], Compression]:
+        """``forward`` before the scatter: ``(out (B, C', D), compress(gate) (B, C') or None, plan)``,
+        with ``forward(s, active) * gate[..., None] == extract(out * gate_c[..., None], plan)``: a
+        layer that gates and scatters in one step keeps the compressed output, not a
+        ``(B, L, D)`` one (``recompute.gated_combine``)."""
         plan = plan_compression(active, block=self.block)
         compressed = compress(s, plan)
         if self.recompute and torch.is_grad_enabled():
@@ -148,7 +157,7 @@ class GatedAttentionUnit(nn.Module):
             out = checkpoint(self.attend, compressed, plan.index, plan.slot_valid, use_reentrant=False)
         else:
             out = self.attend(compressed, plan.index, plan.slot_valid)
-        return extract(out, plan)
+        return out, None if gate is None else compress(gate, plan), plan
 
     # ------------------------------------------------------------------ incremental decoding
     # Working memory (causal only), batch first, updated in place by step / forward_chunk:

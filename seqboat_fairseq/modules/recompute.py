@@ -1,4 +1,6 @@
-"""The GAU's two projections, written to keep less for the backward pass than autograd keeps.
+"""The GAU's two projections and the SeqBoat layer's always-on head and tail (``silu_projection``,
+``gated_combine``: see their section below), written to keep less for the backward pass than
+autograd keeps.
 
 * ``silu_linear(x, linear)`` = ``SiLU(linear(x))``. Autograd keeps ``x`` (for the weight
   gradient) and the pre-activation ``u = linear(x)`` (for SiLU's derivative). ``u`` is the
@@ -100,3 +102,99 @@ class _GatedLinear(torch.autograd.Function):
                 # our own temporary: b's gradient can take its place
                 grad_b = grad_product.mul_(a).to(b.dtype) if ctx.needs_input_grad[1] else None
         return grad_a, grad_b, _cast(grad_w, weight.dtype), _cast(grad_bias, None if bias is None else bias.dtype)
+
+
+# --------------------------------------------------------------------------- the layer's head and tail
+# A SeqBoat layer's always-on path, around the GAU (seqboat_layer.py):
+#     s = SiLU(e);  [u | hx] = hx_proj(s);  ...GAU on compress(s)...
+#     y = SiLU(hx + extract(out * gate) + x)
+# Autograd keeps, per token, e (SiLU's input), s (hx_proj's input), the uncompressed gated GAU
+# output (the gate product's input) and the pre-activation hx + G + x (SiLU's input): four
+# (L, B, D) tensors. ``silu_projection`` and ``gated_combine`` keep e, x (which the layer's
+# prenorm keeps anyway) and the GAU's *compressed* output and gate, and recompute s, hx and the
+# pre-activation in the backward pass (one elementwise SiLU and one D x (D + 2) product per token).
+# For SeqBoat at a 25 % rate that is 3 of the 4 tensors; for an always-active layer (MEGA-chunk)
+# the GAU reads s itself and its output is uncompressed, so both keep what autograd kept.
+# Exact: the forward values are the same products in the same order, and the recomputation is
+# the forward's own ops on the same inputs.
+
+def fused_head_tail_applies(*tensors: Tensor) -> bool:
+    """Whether ``silu_projection`` / ``gated_combine`` apply: gradients recorded, no autocast on
+    the tensors' device, one floating dtype (else the layer runs the plain composition)."""
+    device = tensors[0].device.type
+    return (torch.is_grad_enabled() and not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device))
+            and len({t.dtype for t in tensors}) == 1)
+
+
+def silu_projection(e: Tensor, linear: nn.Linear):
+    """``s = SiLU(e)`` and ``linear(s.transpose(0, 1))``, keeping only ``e`` for the backward pass.
+    e: ``(L, B, D)`` -> ``(s (L, B, D), projection (B, L, out))``."""
+    return _SiLUProjection.apply(e, linear.weight, linear.bias)
+
+
+def gated_combine(hx: Tensor, out: Tensor, gate: Optional[Tensor], plan, x: Tensor, e: Tensor,
+                  linear: nn.Linear, offset: int) -> Tensor:
+    """``SiLU(hx.T + extract(out * gate, plan).T + x)`` (``.T``: dims 0, 1 swapped), keeping ``out``,
+    ``gate``, ``x`` and ``e``: the backward pass recomputes ``hx`` as ``linear(SiLU(e).T)[..., offset:]``
+    (``silu_projection``'s output, of which hx must be that slice).
+    hx: ``(B, L, D)``; out: ``(B, C, D)`` compressed GAU output; gate: ``(B, C)`` or None;
+    plan: the ``sma.Compression`` of ``out``; x, e: ``(L, B, D)``. Returns ``(L, B, D)``."""
+    return _GatedCombine.apply(hx, out, gate, x, e, linear.weight, linear.bias, plan, offset)
+
+
+def _silu_linear_t(e: Tensor, weight: Tensor, bias) -> Tensor:
+    return F.linear(F.silu(e).transpose(0, 1), weight, bias)
+
+
+class _SiLUProjection(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, e: Tensor, weight: Tensor, bias):
+        s = F.silu(e)
+        projection = F.linear(s.transpose(0, 1), weight, bias)
+        ctx.save_for_backward(e, weight, bias)
+        return s, projection
+
+    @staticmethod
+    def backward(ctx, grad_s, grad_projection):
+        e, weight, bias = ctx.saved_tensors
+        grad_weight = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            flat_grad = grad_projection.reshape(-1, grad_projection.size(-1))
+            grad_weight = flat_grad.t() @ F.silu(e).transpose(0, 1).reshape(-1, e.size(-1))
+        if bias is not None and ctx.needs_input_grad[2]:
+            grad_bias = grad_projection.reshape(-1, grad_projection.size(-1)).sum(0)
+        grad_e = None
+        if ctx.needs_input_grad[0]:
+            grad_s_total = (grad_projection @ weight).transpose(0, 1)
+            if grad_s is not None:
+                grad_s_total = grad_s_total + grad_s
+            grad_e = torch.ops.aten.silu_backward(grad_s_total, e)
+        return grad_e, grad_weight, grad_bias
+
+
+class _GatedCombine(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hx: Tensor, out: Tensor, gate, x: Tensor, e: Tensor, weight: Tensor, bias, plan, offset: int):
+        from .sma import extract
+
+        gated = extract(out if gate is None else out * gate.unsqueeze(-1), plan)
+        ctx.save_for_backward(out, gate, x, e, weight, bias)
+        ctx.plan, ctx.offset = plan, offset
+        return F.silu(hx.transpose(0, 1) + gated.transpose(0, 1) + x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        from .sma import compress, extract
+
+        out, gate, x, e, weight, bias = ctx.saved_tensors
+        plan = ctx.plan
+        hx = _silu_linear_t(e, weight, bias)[..., ctx.offset:]  # the recomputation
+        gated = out if gate is None else out * gate.unsqueeze(-1)
+        pre = hx.transpose(0, 1) + extract(gated, plan).transpose(0, 1) + x
+        del hx, gated
+        grad_pre = torch.ops.aten.silu_backward(grad, pre)
+        del pre
+        grad_gated = compress(grad_pre.transpose(0, 1), plan)  # extract's adjoint: each slot has one token
+        grad_out = grad_gated if gate is None else grad_gated * gate.unsqueeze(-1)
+        grad_gate = (grad_gated * out).sum(-1) if gate is not None and ctx.needs_input_grad[2] else None
+        return (grad_pre.transpose(0, 1), grad_out, grad_gate, grad_pre, None, None, None, None, None)

@@ -36,6 +36,7 @@ from .gau import GatedAttentionUnit
 from .initializers import linear
 from .linear import routed_linear
 from .norms import SequenceNorm
+from .recompute import fused_head_tail_applies, gated_combine, silu_projection
 from .sma import LatentConfigurator
 
 
@@ -141,9 +142,11 @@ class SeqBoatLayer(DecodingLayer):
             if ffn_dim > 0 else None
         )
 
-    def route(self, s: Tensor, padding_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-        """s: ``(B, L, D)`` -> ``(hx (B, L, D), active (B, L), gate (B, L) or None)``."""
-        h = self.hx_proj(s)
+    def route(self, s: Tensor, padding_mask: Optional[Tensor], h: Optional[Tensor] = None
+              ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        """s: ``(B, L, D)`` -> ``(hx (B, L, D), active (B, L), gate (B, L) or None)``;
+        h: ``hx_proj(s)`` when already computed."""
+        h = self.hx_proj(s) if h is None else h
         if self.router is None:
             active = torch.ones(s.shape[:2], dtype=torch.bool, device=s.device)
             if padding_mask is not None:
@@ -172,6 +175,8 @@ class SeqBoatLayer(DecodingLayer):
             return self._decode_token(x, padding_mask, state)
         residual = x
         h = self.norm(x) if self.prenorm else x
+        if state is None and not self._dropout_active() and fused_head_tail_applies(h, self.hx_proj.weight):
+            return self._parallel_fused(x, self.ema(h, padding_mask), padding_mask)
         s = self.dropout(F.silu(run_ema(self.ema, h, padding_mask, state))).transpose(0, 1)  # (B, T, D)
         hx, active, gate = self.route(s, padding_mask)
         g = run_gau(self.gau, s, active, state)
@@ -181,6 +186,24 @@ class SeqBoatLayer(DecodingLayer):
         advance(state, x.size(0))
         confidence = gate if gate is not None else active.to(s.dtype)
         return y, LayerActivation(active, confidence)
+
+    def _dropout_active(self) -> bool:
+        return self.dropout.p > 0 and (self.training or self.dropout.apply_during_inference)
+
+    def _parallel_fused(self, x: Tensor, e: Tensor, padding_mask: Optional[Tensor]
+                        ) -> Tuple[Tensor, LayerActivation]:
+        """``_pipeline``'s parallel pass (dropout inactive, gradients recorded) from the MD-EMA output
+        e ``(L, B, D)``, through ``recompute.silu_projection`` and ``recompute.gated_combine``: the
+        same values, less kept for the backward pass (their comment in recompute.py)."""
+        s, projection = silu_projection(e, self.hx_proj)
+        s = s.transpose(0, 1)  # (B, L, D)
+        hx, active, gate = self.route(s, padding_mask, projection)
+        out, gate_c, plan = self.gau.forward_compressed(s, active, gate)
+        y = gated_combine(hx, out, gate_c, plan, x, e, self.hx_proj, projection.size(-1) - self.embed_dim)
+        if not self.prenorm:
+            y = self.norm(y)
+        y = self.ffn(y) if self.ffn is not None else y
+        return y, LayerActivation(active, gate if gate is not None else active.to(s.dtype))
 
     # ------------------------------------------------------------------ incremental decoding
     def _decode_token(self, x: Tensor, padding_mask: Optional[Tensor], state: DecodingState

@@ -134,9 +134,13 @@ def compress(x: Tensor, plan: Compression) -> Tensor:
     """x: ``(B, L, *F)`` -> ``(B, C', *F)``: row b's active tokens in order, then zeros."""
     if plan.identity:
         return x
-    index = plan.index.view(*plan.index.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    bsz, seq_len = x.shape[:2]
+    # row b's token t is entry b L + t; index_select, unlike gather, does not keep its (B, L, *F)
+    # input for the backward pass (the layer does not keep s otherwise: recompute.silu_projection)
+    flat = plan.index if bsz == 1 else plan.index + torch.arange(bsz, device=x.device).unsqueeze(1) * seq_len
+    gathered = x.flatten(0, 1).index_select(0, flat.flatten()).view(*plan.index.shape, *x.shape[2:])
     valid = plan.slot_valid.view(*plan.slot_valid.shape, *([1] * (x.dim() - 2)))
-    return torch.gather(x, 1, index) * valid if x.dtype != torch.bool else torch.gather(x, 1, index) & valid
+    return gathered * valid if x.dtype != torch.bool else gathered & valid
 
 
 def extract(y: Tensor, plan: Compression) -> Tensor:
