@@ -11,11 +11,17 @@ parameter), for
 * ``chunk32`` / ``chunk64``: ``chunked_ema_conv`` with C = 32 / 64 (``forward`` uses
   ``default_chunk_size``: 64 for an untruncated kernel once B x L >= 8192 tokens, else 32).
 
+With ``--bidirectional`` each shape is a bidirectional EMA of D channels (2D kernel rows):
+``fft`` is two FFT convolutions (forward in time, and over the time-reversed input, flipped
+back), the chunked rows one ``chunked_ema_conv`` call with ``backward=`` (both directions on the
+same chunks, as ``MultiHeadEMA.forward`` runs it).
+
 ``ratio`` = fft time / chunked time at the default C (> 1: the chunked form is faster). The
 maximum relative difference of the outputs is printed too (both are fp32).
 
     python bench/ema_conv.py
     python bench/ema_conv.py --shapes 256x4096x1,256x8192x1 --truncations none,2048
+    python bench/ema_conv.py --bidirectional --shapes 60x16000x1,128x4000x1 --truncations none
 """
 
 import argparse
@@ -33,6 +39,8 @@ def main(argv=None):
     p.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated D x L x B")
     p.add_argument("--truncations", default="none,1024", help="comma-separated L_k values ('none': untruncated)")
     p.add_argument("--n-dim", type=int, default=16)
+    p.add_argument("--bidirectional", action="store_true",
+                   help="bidirectional EMAs (D channels, 2D kernel rows), as the LRA/SC10 encoders")
     p.add_argument("--repeats", type=int, default=7)
     add_threads_seed_args(p)
     args = p.parse_args(argv)
@@ -45,23 +53,30 @@ def main(argv=None):
 
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
     truncations = [None if t.strip().lower() == "none" else int(t) for t in args.truncations.split(",")]
-    print(f"# ema_conv: MD-EMA convolution, N={args.n_dim}, {threads} threads, median of {args.repeats}; "
+    print(f"# ema_conv: MD-EMA convolution{' (bidirectional)' if args.bidirectional else ''}, N={args.n_dim}, {threads} threads, median of {args.repeats}; "
           f"code revision {code_revision()}", flush=True)
     rows = []
     for dim, seq_len, bsz in shapes:
         for truncation in truncations:
             torch.manual_seed(args.seed)
-            ema = MultiHeadEMA(dim, args.n_dim, truncation=truncation)
+            ema = MultiHeadEMA(dim, args.n_dim, bidirectional=args.bidirectional, truncation=truncation)
             u = torch.randn(dim, bsz, seq_len, requires_grad=True)
             grad = torch.randn(dim, bsz, seq_len)
             kernel_len = seq_len if truncation is None else min(truncation, seq_len)
 
             def fft():
-                return fft_conv(u.transpose(0, 1), ema.kernel(kernel_len)).transpose(0, 1)
+                kernel = ema.kernel(kernel_len)
+                y = fft_conv(u.transpose(0, 1), kernel[:dim]).transpose(0, 1)
+                if args.bidirectional:
+                    y = y + fft_conv(u.flip(-1).transpose(0, 1), kernel[dim:]).transpose(0, 1).flip(-1)
+                return y
 
             def chunked(chunk):
                 def run():
                     coef, log_phi = ema.kernel_terms()
+                    if args.bidirectional:
+                        return chunked_ema_conv(u, coef[:dim], log_phi[:dim], chunk, truncation,
+                                                backward=(coef[dim:], log_phi[dim:]))
                     return chunked_ema_conv(u, coef, log_phi, chunk, truncation)
                 return run
 
@@ -92,6 +107,7 @@ def main(argv=None):
                     times[(k, "step")] += time_repeats(train(fn), warmup=1, repeats=1)
             ms = {key: round(median(v), 2) for key, v in times.items()}
             record = {"bench": "ema_conv", "dim": dim, "seq_len": seq_len, "batch_size": bsz,
+                      "bidirectional": args.bidirectional,
                       "truncation": truncation, "n_dim": args.n_dim, "default_chunk": default,
                       **{f"{k}_{mode}_ms": ms[(k, mode)] for k, mode in ms},
                       "fwd_ratio": round(ms[("fft", "fwd")] / ms[(default, "fwd")], 2),
