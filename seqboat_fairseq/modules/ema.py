@@ -126,8 +126,9 @@ class MultiHeadEMA(nn.Module):
 
         Padded inputs are zeroed before the convolution so they never leak into real
         positions; the omega skip uses the unmasked input (harmless: callers mask pads).
-        A bidirectional layer runs its backward-in-time rows (D..2D-1) on the time-reversed input
-        in the same call, and adds their time-reversed output: lag 0 counts twice, as upstream.
+        A bidirectional layer adds its backward-in-time rows' (D..2D-1) kernel applied to the
+        following tokens, ``sum_l K'[l] x_(t + l)``, in the same chunked pass (no reversed copy):
+        lag 0 counts twice, as upstream.
         """
         seq_len, bsz = x.shape[:2]
         # (D, B, L) fp32, contiguous: the layout chunked_ema_conv multiplies in. The omega skip
