@@ -196,3 +196,45 @@ def test_gradcheck_blocked_rows(causal):
     assert torch.autograd.gradcheck(
         lambda a, b, c: local_attention(a, b, c, valid[:2], window=8, causal=causal, activation="relu2",
                                         positions=pos[:2], bias=bias), (q, k, v))
+
+
+@pytest.mark.parametrize("activation", ["relu2", "laplace"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_activated_product_keeps_the_scores_only_and_equals_the_unfused_composition(activation, causal, monkeypatch):
+    """The windowed path's relu2 / laplace weights and product in one Function
+    (``_FramedActivatedProduct``): the unfused composition's output and gradients (q, k, v and the
+    position bias), one (B, nb, block, frame) fp32 tensor less kept for the backward pass."""
+    import sys
+
+    la = sys.modules[local_attention.__module__]
+
+    def run(fused):
+        if not fused:
+            monkeypatch.setattr(la._FramedActivatedProduct, "apply", lambda s, m, v, g, a: la._FramedProduct.apply(
+                la.attention_weights(s, m, a).type_as(v), v, g))
+        torch.manual_seed(0)
+        q, k, v, valid, pos, bias = _inputs(37, causal, "simple", 5)
+        leaves = [t.clone().double().requires_grad_() for t in (q, k, v)]
+        bias = bias.double()
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = local_attention(*leaves, valid, window=5, causal=causal, activation=activation, positions=pos,
+                                  bias=bias)
+        (out[:2] * torch.linspace(-1, 1, out[:2].numel()).view_as(out[:2])).sum().backward()
+        monkeypatch.undo()
+        return out.detach(), [t.grad for t in leaves] + [bias.table.grad], sum(storages.values())
+
+    out0, grads0, saved0 = run(False)
+    out1, grads1, saved1 = run(True)
+    assert_close("output", out1[:2], out0[:2], atol=1e-12)
+    for name, a, b in zip(["q", "k", "v", "bias"], grads1, grads0):
+        assert b.abs().max() > 0, name  # every input gets a gradient: the check is not vacuous
+        assert_close(f"grad {name}", a, b, atol=1e-12)
+    geometry = la.window_geometry(5, 37, causal)
+    one_score_tensor = 3 * geometry.num_blocks * geometry.block * geometry.frame * 8  # (B, nb, block, frame) fp64
+    assert saved1 <= saved0 - one_score_tensor, (saved0, saved1)

@@ -202,10 +202,17 @@ def local_attention(
     if bias is not None:
         scores = scores + upcast(bias(_frame_offsets(positions, geometry, q.device)))
     mask = _window_mask(key_valid, geometry, window, causal)
+    if activation != "softmax" and torch.is_grad_enabled() and not _dropout_applies(dropout):
+        return _FramedActivatedProduct.apply(upcast(scores), mask, v, geometry, activation)
     weights = attention_weights(upcast(scores), mask, activation).type_as(v)
     if dropout is not None:
         weights = dropout(weights)
     return _FramedProduct.apply(weights, v, geometry)
+
+
+def _dropout_applies(dropout) -> bool:
+    """Whether a ``FairseqDropout`` (or None) changes its input now."""
+    return dropout is not None and dropout.p > 0 and (dropout.training or dropout.apply_during_inference)
 
 
 def _full_attention(q, k, v, key_valid, causal, activation, positions, bias, dropout) -> Tensor:
@@ -403,6 +410,43 @@ class _FramedProduct(torch.autograd.Function):
             if ctx.needs_input_grad[1]:
                 grad_v = _onto_keys(weights, grad, geometry)[:, :ctx.slots].to(v_dtype)
         return grad_weights, grad_v, None
+
+
+class _FramedActivatedProduct(torch.autograd.Function):
+    """``_FramedProduct`` of ``attention_weights(scores, mask, activation)`` (relu2 / laplace, no
+    dropout), keeping the scores instead of the weights and the activation's own intermediate
+    (relu2: relu(scores); laplace: erf's input): one ``(B, nb, block, frame)`` tensor less per
+    layer. The backward pass recomputes the weights with the same ops and differentiates them by
+    autograd, so the gradients are the ones of the unfused composition."""
+
+    @staticmethod
+    def forward(ctx, scores: Tensor, mask: Tensor, v: Tensor, geometry: WindowGeometry, activation: str) -> Tensor:
+        weights = attention_weights(scores, mask, activation).type_as(v)
+        dtype = _compute_dtype(weights, v)
+        with torch.autocast(v.device.type, enabled=False):
+            values = _rows(v.to(dtype), geometry)
+            out = _from_frames(weights.to(dtype), values, geometry)
+        ctx.save_for_backward(scores, mask, values)
+        ctx.geometry, ctx.slots, ctx.v_dtype, ctx.activation = geometry, v.size(1), v.dtype, activation
+        return _unblock(out, v.size(1))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        scores, mask, values = ctx.saved_tensors
+        geometry = ctx.geometry
+        with torch.enable_grad():  # the recomputation
+            leaf = scores.detach().requires_grad_(ctx.needs_input_grad[0])
+            weights = attention_weights(leaf, mask, ctx.activation).type_as(values.new_empty((), dtype=ctx.v_dtype))
+        dtype = values.dtype
+        grad = _blocks(grad.to(dtype), geometry).contiguous()
+        grad_scores = grad_v = None
+        with torch.autocast(grad.device.type, enabled=False):
+            if ctx.needs_input_grad[2]:
+                grad_v = _onto_keys(weights.detach().to(dtype), grad, geometry)[:, :ctx.slots].to(ctx.v_dtype)
+            if ctx.needs_input_grad[0]:
+                grad_weights = _to_frames(grad, values, geometry).to(weights.dtype)
+                grad_scores, = torch.autograd.grad(weights, leaf, grad_weights)
+        return grad_scores, None, grad_v, None, None
 
 
 def _unblock(x: Tensor, slots: int) -> Tensor:
