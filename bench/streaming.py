@@ -4,7 +4,7 @@ measured: memory, speed against fairseq's recomputation, and the loss against th
 Run from the repository root::
 
     python bench/streaming.py            # ~30-40 min on 2 shared cores: trains three tiny models
-    python bench/streaming.py --quick    # ~5 min: smaller splits, a few training updates
+    python bench/streaming.py --quick    # ~2 min: smaller splits, a few training updates
 
 Three tiny language models, ``seqboat_lm_tiny`` (SeqBoat, w = 32), ``mega_chunk_lm_tiny``
 (MEGA-chunk, c = 32) and ``spade_lm_tiny`` (SPADE, w = 32), are trained alike by ``fairseq-train``
@@ -261,8 +261,8 @@ def plot(args, curves):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="small splits and 20 training updates (for tests): --small 20000 --large 200000 "
-                        "--updates 20 --max-bytes 150000 --contexts 512 --resets 256,0")
+                   help="small splits and 20 training updates (for tests): --small 20000 --large 60000 "
+                        "--updates 20 --max-bytes 60000 --contexts 512 --resets 256,0")
     p.add_argument("--parts", default="memory,speed,curve", help="which measurements (comma-separated)")
     p.add_argument("--work-dir", default=None, help="data and checkpoints (default: a temporary directory, removed); "
                                                    "an existing one is reused")
@@ -279,8 +279,8 @@ def parse_args(argv=None):
                                                 "the work directory where records are not saved)")
     args = p.parse_args(argv)
     if args.quick:
-        args.small, args.large, args.updates = 20_000, 200_000, 20
-        args.max_bytes = args.max_bytes or 150_000
+        args.small, args.large, args.updates = 20_000, 60_000, 20
+        args.max_bytes = args.max_bytes or 60_000
         args.contexts, args.resets = "512", "256,0"
     try:
         args.contexts = [int(c) for c in args.contexts.split(",")]
