@@ -4,7 +4,7 @@ measured: memory, speed against fairseq's recomputation, and the loss against th
 Run from the repository root::
 
     python bench/streaming.py            # ~30-40 min on 2 shared cores: trains three tiny models
-    python bench/streaming.py --quick    # ~2 min: smaller splits, a few training updates
+    python bench/streaming.py --quick    # ~3 min: smaller splits, a few training updates
 
 Three tiny language models, ``seqboat_lm_tiny`` (SeqBoat, w = 32), ``mega_chunk_lm_tiny``
 (MEGA-chunk, c = 32) and ``spade_lm_tiny`` (SPADE, w = 32), are trained alike by ``fairseq-train``
