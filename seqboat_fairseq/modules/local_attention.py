@@ -35,7 +35,7 @@ causal, 1 / (valid slots of the chunk) bidirectional), as MEGA does.
 
 import functools
 import math
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,10 @@ ATTENTION_ACTIVATIONS = ("softmax", "relu2", "laplace")
 MASK_VALUE = -5e4  # finite and fp16-safe, as upstream
 
 
-def laplace(x: Tensor, mu: float = math.sqrt(0.5), sigma: float = math.sqrt(0.25 / math.pi)) -> Tensor:
+LAPLACE_MU, LAPLACE_SIGMA = math.sqrt(0.5), math.sqrt(0.25 / math.pi)
+
+
+def laplace(x: Tensor, mu: float = LAPLACE_MU, sigma: float = LAPLACE_SIGMA) -> Tensor:
     """0.5 * (1 + erf((x - mu) / (sigma sqrt 2))), the laplace attention function (MEGA)."""
     return 0.5 * (1.0 + torch.erf((x - mu) / (sigma * math.sqrt(2.0))))
 
@@ -416,8 +419,8 @@ class _FramedActivatedProduct(torch.autograd.Function):
     """``_FramedProduct`` of ``attention_weights(scores, mask, activation)`` (relu2 / laplace, no
     dropout), keeping the scores instead of the weights and the activation's own intermediate
     (relu2: relu(scores); laplace: erf's input): one ``(B, nb, block, frame)`` tensor less per
-    layer. The backward pass recomputes the weights with the same ops and differentiates them by
-    autograd, so the gradients are the ones of the unfused composition."""
+    layer. The backward pass recomputes the weights and their closed-form derivative from the scores
+    (``_activation_and_slope``), so the gradients are the ones of the unfused composition."""
 
     @staticmethod
     def forward(ctx, scores: Tensor, mask: Tensor, v: Tensor, geometry: WindowGeometry, activation: str) -> Tensor:
@@ -434,19 +437,35 @@ class _FramedActivatedProduct(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         scores, mask, values = ctx.saved_tensors
         geometry = ctx.geometry
-        with torch.enable_grad():  # the recomputation
-            leaf = scores.detach().requires_grad_(ctx.needs_input_grad[0])
-            weights = attention_weights(leaf, mask, ctx.activation).type_as(values.new_empty((), dtype=ctx.v_dtype))
+        # the weights and their derivative from the scores in a few in-place passes (the activation's
+        # closed-form derivative: recomputing it under autograd costs twice the passes and temporaries)
+        weights, slope = _activation_and_slope(scores, mask, ctx.activation)
+        weights = weights.type_as(values.new_empty((), dtype=ctx.v_dtype))
         dtype = values.dtype
         grad = _blocks(grad.to(dtype), geometry).contiguous()
         grad_scores = grad_v = None
         with torch.autocast(grad.device.type, enabled=False):
             if ctx.needs_input_grad[2]:
-                grad_v = _onto_keys(weights.detach().to(dtype), grad, geometry)[:, :ctx.slots].to(ctx.v_dtype)
+                grad_v = _onto_keys(weights.to(dtype), grad, geometry)[:, :ctx.slots].to(ctx.v_dtype)
             if ctx.needs_input_grad[0]:
-                grad_weights = _to_frames(grad, values, geometry).to(weights.dtype)
-                grad_scores, = torch.autograd.grad(weights, leaf, grad_weights)
+                grad_scores = _to_frames(grad, values, geometry).to(slope.dtype).mul_(slope)
         return grad_scores, None, grad_v, None, None
+
+
+def _activation_and_slope(scores: Tensor, mask: Tensor, activation: str) -> Tuple[Tensor, Tensor]:
+    """``attention_weights(scores, mask, activation)`` (relu2 / laplace) and its derivative with
+    respect to the scores, both zero where ``mask`` is False. Same dtype as ``scores``."""
+    if activation == "relu2":
+        slope = torch.relu(scores).mul_(mask)  # relu(s), masked
+        return slope.square(), slope.mul_(2.0)
+    if activation == "laplace":
+        # laplace(s) = 0.5 (1 + erf(z)), z = (s - mu) / (sigma sqrt 2); d/ds = exp(-z^2) / (sigma sqrt(2 pi))
+        mu, sigma = LAPLACE_MU, LAPLACE_SIGMA
+        z = (scores - mu).mul_(1.0 / (sigma * math.sqrt(2.0)))
+        weights = torch.erf(z).add_(1.0).mul_(0.5).mul_(mask)
+        slope = z.square_().neg_().exp_().mul_(1.0 / (sigma * math.sqrt(2.0 * math.pi))).mul_(mask)
+        return weights, slope
+    raise ValueError(f"no closed-form slope for attention activation {activation!r}")
 
 
 def _unblock(x: Tensor, slots: int) -> Tensor:
