@@ -521,8 +521,10 @@ def test_interactive_generates_text_with_fairseqs_sentencepiece_bpe(trained):
     data = trained["data"]
     common = [data, *INTERACTIVE, "--path", trained["checkpoint"], "--sentencepiece-model", data / "spm.model"]
     prompts = ["The return statement", "A class", BYTE_PROMPT]
-    out = run_module("fairseq_cli.interactive", *common, "--task", "language_modeling", "--min-len", "12",
-                     "--max-len-b", "20", stdin="".join(p + "\n" for p in prompts)).stdout
+    # --min-len counts the prompt's tokens too: 22 makes every prompt (the byte prompt has 14) go on
+    # for at least 8 sampled pieces, whatever the sampling draws
+    out = run_module("fairseq_cli.interactive", *common, "--task", "language_modeling", "--min-len", "22",
+                     "--max-len-b", "26", stdin="".join(p + "\n" for p in prompts)).stdout
     hyps = re.findall(r"^D-(\d+)\t(\S+)\t(.*)$", out, flags=re.M)
     assert [int(h[0]) for h in hyps] == [0, 1, 2], out[-2000:]
     for (_, score, text), prompt in zip(hyps, prompts):
