@@ -7,7 +7,7 @@ import torch
 
 from conftest import assert_close
 from seqboat_fairseq.modules.local_attention import (MAX_BAND_WASTE, attention_block, local_attention,
-                                                     memory_attention, window_geometry)
+                                                     memory_attention, window_geometry, window_products)
 from seqboat_fairseq.modules.naive import dense_local_attention, rotary_complex
 from seqboat_fairseq.modules.positions import RelativePositionalBias, apply_rotary
 
@@ -158,6 +158,18 @@ def test_masked_work_is_at_most_15_percent(causal):
         slots = -(-slots // attention_block(window, causal)) * attention_block(window, causal)
         computed, allowed = _products(window_geometry(window, slots, causal), causal, window, slots)
         assert 1 - allowed / computed <= 0.15, (window, slots, 1 - allowed / computed)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_window_products_counts_what_the_blocks_multiply(causal):
+    """``window_products`` (the count bench/masked_work.py reports) equals the brute-force count:
+    products per block frame, and the window's allowed pairs from an (i, j) mask."""
+    for window, slots in ((16, 45), (16, 48), (9, 5), (16, 12), (128, 400), (5, 37)):
+        geometry = window_geometry(window, slots, causal)
+        assert window_products(window, slots, causal) == _products(geometry, causal, window, slots)
+    computed, allowed = window_products(16, 48, causal, valid=40)  # empty slots: fewer allowed
+    assert computed == _products(window_geometry(16, 48, causal), causal, 16, 48)[0]
+    assert allowed == _products(window_geometry(16, 40, causal), causal, 16, 40)[1]
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)

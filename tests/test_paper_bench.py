@@ -201,3 +201,18 @@ def test_tradeoff_refuses_bad_flags(argv, fragment, tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and fragment in last and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_masked_work_rows_and_refusal():
+    """bench/masked_work.py: one row per (setting, rate) with the counts of ``window_products``; a bad
+    --rates is one error line."""
+    proc, records = _run("masked_work.py", "--rates", "0.25,1", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {(r["setting"], r["rate"]) for r in records} == {(s, q) for s in ("sc10", "lra_text", "enwik8")
+                                                            for q in (0.25, 1.0)}
+    for r in records:
+        assert 0 <= r["masked_share"] == round(1 - r["allowed"] / r["computed"], 4) and r["slots"] >= r["active"], r
+        assert r["met"] == (r["masked_share"] <= 0.15), r
+    bad = subprocess.run([sys.executable, os.path.join(BENCH, "masked_work.py"), "--rates", "0,2"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --rates") and len(bad.stderr.splitlines()) == 1

@@ -149,6 +149,23 @@ def window_geometry(window: int, slots: int, causal: bool) -> WindowGeometry:
     return WindowGeometry(block, before, 0 if causal else before, -(-slots // block))
 
 
+def window_products(window: int, slots: int, causal: bool, valid: Optional[int] = None) -> Tuple[int, int]:
+    """``(computed, allowed)``: the query-key products the windowed path multiplies for one row of
+    ``slots`` slots (its first ``valid`` ones holding tokens, default all), and those the window
+    allows between valid slots (``|i - j| <= w``; causal: ``0 <= i - j <= w``). ``1 - allowed /
+    computed`` is the share of masked work (``bench/masked_work.py``)."""
+    valid = slots if valid is None else valid
+    geometry = window_geometry(window, slots, causal)
+    computed = 0
+    for i in range(geometry.num_blocks):
+        first, end, _ = geometry.key_range(i)
+        computed += geometry.block * (end - first)
+    allowed = 0
+    for q in range(valid):  # keys max(q - w, 0) .. min(q + w, valid - 1) (causal: .. q)
+        allowed += (q if causal else min(q + window, valid - 1)) - max(q - window, 0) + 1
+    return computed, allowed
+
+
 def scale_queries(q: Tensor, key_valid: Tensor, activation: str, window: Optional[int], causal: bool) -> Tensor:
     """q times the activation's scale (docs/design.md, 'Scaling and activations')."""
     scale = query_scale(activation, q.size(-1), window, causal)
