@@ -143,6 +143,11 @@ PLOTS = {
                          ylabel="seconds", title="LRA image data: text vs npy"),
     "lra_train_step": dict(kind="bar", label=lambda r: r["model"], ys=["ms"], ylabel="ms per step",
                            title="LRA training step"),
+    "paper_efficiency_ratio": dict(
+        kind="bar", ys=["speedup", "flop_ratio", "mem_ratio"], ylabel="SeqBoat vs baseline",
+        label=lambda r: f"{r['setting']}\n{r['baseline']}\n" + (f"{100 * r['forced_rate']:g} %" if r.get("forced_rate")
+                                                               else f"router {r['act_rate']:.2f}"),
+        title="SeqBoat's training-step speed-up, the speed-up its FLOPs allow, and its memory ratio"),
     # bench/tradeoff.py: quality against speed, one plot per task (marker area = allocator peak), and the
     # router-knob curve of SeqBoat on the sweep task (points joined per knob, the preset on every curve)
     "tradeoff_summary": [
@@ -257,10 +262,10 @@ def draw_scatter(plt, spec, data, path, digest):
     series = collections.defaultdict(list)
     for p in data["points"]:
         series[p["series"]].append(p)
-    for name, points in series.items():
-        color = None
+    for index, (name, points) in enumerate(series.items()):
+        color = f"C{index}"  # one colour per series, lines and markers alike
         if data["join"] and len(points) > 1:
-            color = ax.plot([p["x"] for p in points], [p["y"] for p in points], alpha=0.5)[0].get_color()
+            color = ax.plot([p["x"] for p in points], [p["y"] for p in points], alpha=0.5, color=color)[0].get_color()
         for i, p in enumerate(points):
             area = 60 + 900 * p["size"] / biggest if p["size"] else 40
             handle = ax.scatter([p["x"]], [p["y"]], s=area, alpha=0.7, color=color,
