@@ -43,7 +43,7 @@ echo "== 4/4 generate: fairseq-interactive (top-k sampling, then beam search) an
 printf 'The return statement\nA class\n' > "$WORK/prompts.txt"
 show "$WORK/sample.log" "^D-" fairseq-interactive "$DATA" --user-dir seqboat_fairseq \
   --task language_modeling --path "$CKPT/checkpoint_best.pt" --bpe enwik8_bytes --input "$WORK/prompts.txt" \
-  --sampling --sampling-topk 5 --beam 1 --max-len-b 120 --seed 2 --cpu
+  --sampling --sampling-topk 5 --beam 1 --min-len 40 --max-len-b 120 --seed 2 --cpu
 head -n 1 "$WORK/prompts.txt" > "$WORK/prompt.txt"
 show "$WORK/beam.log" "^D-" fairseq-interactive "$DATA" --user-dir seqboat_fairseq \
   --task language_modeling --path "$CKPT/checkpoint_best.pt" --bpe enwik8_bytes --input "$WORK/prompt.txt" \
