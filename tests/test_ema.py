@@ -49,6 +49,52 @@ def test_chunked_conv_matches_fft_on_long_sequences(truncation):
     assert_close("chunked vs fft", y, y_fft.permute(2, 0, 1), atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidir"])
+def test_truncation_skips_exactly_the_channels_whose_lag_underflows(bidirectional):
+    """A truncated kernel subtracts the state L_k tokens away read out with ``coef phi^L_k``; the
+    channels whose phi^L_k is exactly zero in fp32 skip that readout. Half the channels here decay
+    fast (phi ~ 0.005: phi^60 underflows in fp32, not in fp64), half slowly (phi ~ 0.997: the
+    truncation changes their output). The fp32 pass, which skips the fast half, equals the fp64
+    pass, which computes every channel, in value and in every gradient; a third configuration with
+    only fast channels skips the readout altogether."""
+    torch.manual_seed(0)
+    truncation, seq_len = 60, 150
+    for mixed in (True, False):
+        u = torch.randn(6, 2, seq_len, dtype=torch.float64, requires_grad=True)
+        directions = 2 if bidirectional else 1
+        coef = torch.randn(directions * 6, 4, dtype=torch.float64)
+        phi = torch.full((directions * 6, 4), 0.005, dtype=torch.float64)
+        if mixed:
+            phi.view(directions, 6, 4)[:, 3:] = 0.997
+        log_phi = torch.log(phi)
+        coef.requires_grad_(True)
+        log_phi.requires_grad_(True)
+
+        def conv(a, c, p):
+            if not bidirectional:
+                return chunked_ema_conv(a, c, p, chunk=4, truncation=truncation)
+            return chunked_ema_conv(a, c[:6], p[:6], chunk=4, truncation=truncation, backward=(c[6:], p[6:]))
+
+        lag32 = torch.exp(log_phi.detach().float() * truncation) != 0
+        assert bool((torch.exp(log_phi.detach() * truncation) != 0).all())  # fp64 computes every channel
+        assert lag32.any(-1).sum() == (directions * 3 if mixed else 0)  # fp32 skips the fast half / all
+        y64 = conv(u, coef, log_phi)
+        if mixed:  # the slow channels' truncation matters
+            untruncated = chunked_ema_conv(u.detach(), coef.detach()[:6], log_phi.detach()[:6], chunk=4)
+            if bidirectional:
+                untruncated = untruncated + chunked_ema_conv(u.detach().flip(-1), coef.detach()[6:],
+                                                             log_phi.detach()[6:], chunk=4).flip(-1)
+            assert (y64.detach() - untruncated)[3:].abs().max() > 0.1
+        inputs32 = [t.detach().float().requires_grad_(True) for t in (u, coef, log_phi)]
+        y32 = conv(*inputs32)
+        assert_close("value", y32, y64, atol=2e-4, rtol=1e-4)
+        grad = torch.randn_like(y64)
+        got = torch.autograd.grad(y32, inputs32, grad.float())
+        want = torch.autograd.grad(y64, [u, coef, log_phi], grad)
+        for name, a, b in zip(["u", "coef", "log_phi"], got, want):
+            assert_close(f"grad {name}", a, b, atol=2e-3, rtol=1e-4)
+
+
 def test_chunked_conv_gradients():
     """The chunked convolution (with its hand-written scan backward) against finite differences,
     for the input, the readout and the decay, truncated and not, several chunks."""
