@@ -486,8 +486,9 @@ class _DecayScan(torch.autograd.Function):
     def backward(ctx, grad_states: Tensor):
         states, decay = ctx.saved_tensors
         split = ctx.split
-        # the adjoint runs each lane the other way: a scan whose reversed lanes are the forward ones
-        adjoint = _decay_scan(grad_states.flip(-1), decay.flip(-1), decay.size(-1) - split).flip(-1)
+        # the adjoint runs each lane the other way (a copy: the scan works in place on its input)
+        adjoint = _decay_scan(grad_states.clone(memory_format=torch.contiguous_format), decay, split,
+                              reverse=True)
         grad_ends = torch.zeros_like(adjoint)
         grad_ends[:, :, :-1, :split] = adjoint[:, :, 1:, :split]
         grad_ends[:, :, 1:, split:] = adjoint[:, :, :-1, split:]
@@ -498,21 +499,25 @@ class _DecayScan(torch.autograd.Function):
         return grad_ends, grad_decay, None
 
 
-def _decay_scan(ends: Tensor, decay: Tensor, split: Optional[int] = None) -> Tensor:
+def _decay_scan(ends: Tensor, decay: Tensor, split: Optional[int] = None, reverse: bool = False) -> Tensor:
     """The inclusive recurrence ``h[a] = decay * h[a - 1] + e[a]`` in place on ``ends`` (no
     autograd; returns it): after the step with shift s, h[a] sums e[b] decay^(a - b) over
-    a - 2s < b <= a. Lanes ``n >= split`` (default: none) run from the last chunk instead."""
+    a - 2s < b <= a. Lanes ``n >= split`` (default: none) run from the last chunk instead;
+    ``reverse`` turns every lane around (the adjoint of the scan, without flipped copies)."""
     states = ends
     split = states.size(-1) if split is None else split
-    forward, backward = states[..., :split], states[..., split:]
     factor = decay[:, None, None, :]
+    forward, backward = states[..., :split], states[..., split:]
     factor_forward, factor_backward = factor[..., :split], factor[..., split:]
+    if reverse:
+        forward, backward = backward, forward
+        factor_forward, factor_backward = factor_backward, factor_forward
     shift = 1
     while shift < states.size(2):
         # the product is a new tensor, so the in-place add reads only the previous step's values
-        if split > 0:
+        if forward.size(-1) > 0:
             forward[:, :, shift:] += forward[:, :, :-shift] * factor_forward
-        if split < states.size(-1):
+        if backward.size(-1) > 0:
             backward[:, :, :-shift] += backward[:, :, shift:] * factor_backward
         factor_forward = factor_forward * factor_forward
         factor_backward = factor_backward * factor_backward
