@@ -43,12 +43,16 @@ adds ``flop_ratio`` = baseline gflop / SeqBoat gflop (the speed-up the FLOPs all
 speedup / flop_ratio (the fraction of that speed-up reached). ``--seqboat-rate 0.1,0.25,0.5`` measures one
 SeqBoat row per forced rate (``router``: the untrained router decides) in one run; the target lines
 (``"bench": "paper_efficiency_target"``) check, against MEGA-chunk at each forced rate, of_flops >= 0.85 and,
-for SC10 at 25 %, speedup >= 1.3 and mem_ratio <= 0.5.
+for SC10 at 25 %, speedup >= 1.3 and mem_ratio <= 0.5. ``--rounds R`` measures every row R times, the
+order reversed every other round: ``ms/step`` is then the median over the rounds and each speed-up the median
+of the per-round ratios (``speedup_rounds``), which a machine whose speed drifts by tens of percent over minutes
+(shared VMs) needs for a ratio worth quoting.
 
     python bench/paper_efficiency.py                      # the paper's shapes (long on 2 CPU cores, see bench/README.md)
     python bench/paper_efficiency.py --settings enwik8 --dim 256 --layers 4
     python bench/paper_efficiency.py --quick              # smoke run (< 1 min)
     python bench/paper_efficiency.py --settings lra_text,sc10 --models seqboat,mega_chunk --seqboat-rate 0.1,0.25,0.5
+    python bench/paper_efficiency.py --settings sc10 --models seqboat,mega_chunk --seqboat-rate 0.25 --rounds 3
 """
 
 import argparse
@@ -371,6 +375,35 @@ def run_row(args, setting: str, model: str, rate: Optional[float] = None) -> Dic
     return record
 
 
+def combine_rounds(measured: List[Dict]) -> Dict:
+    """One row's records from ``--rounds`` rounds -> one record: the first round's (memory and FLOPs
+    do not change between rounds), with ``ms`` the median of the rounds' medians (``ms_rounds``, in
+    round order), GFLOP/s and the split's ms rescaled to it, ``other_cores`` the worst round's."""
+    failed = [r for r in measured if "error" in r]
+    if failed:
+        return failed[0]
+    record = dict(measured[0])
+    record["ms_rounds"] = [r["ms"] for r in measured]
+    record["ms_all"] = [t for r in measured for t in r["ms_all"]]
+    record["ms"] = round(median(record["ms_rounds"]), 2)
+    record["rounds"] = len(measured)
+    record["other_cores"] = max(r["other_cores"] for r in measured)
+    if record.get("gflop"):
+        record["gflop_per_s"] = round(record["gflop"] / (record["ms"] / 1000.0), 3)
+    if "split_share" in record:
+        record["split_ms"] = {c: round(share * record["ms"], 2) for c, share in record["split_share"].items()}
+    return record
+
+
+def speedup_of(baseline: Dict, seqboat: Dict) -> float:
+    """baseline ms / SeqBoat ms; with ``--rounds``, the median of the rounds' ratios (each from two rows
+    measured minutes apart at most, so a slow spell of the machine cancels out)."""
+    a, b = baseline.get("ms_rounds"), seqboat.get("ms_rounds")
+    if a and b and len(a) == len(b):
+        return median([x / y for x, y in zip(a, b)])
+    return baseline["ms"] / seqboat["ms"]
+
+
 def row_label(r: Dict) -> str:
     """``seqboat@25%`` for a forced-rate SeqBoat row, else the model."""
     rate = r.get("forced_rate")
@@ -400,10 +433,12 @@ def ratio_records(records: List[Dict]) -> List[Dict]:
             paper = PAPER.get((setting, model))
             x = {"bench": "paper_efficiency_ratio", "setting": setting, "model": "seqboat", "baseline": model,
                  "forced_rate": sb.get("forced_rate"), "act_rate": sb["act_rate"],
-                 "seq_len": sb["seq_len"], "speedup": round(r["ms"] / sb["ms"], 3),
+                 "seq_len": sb["seq_len"], "speedup": round(speedup_of(r, sb), 3),
                  "mem_ratio": round(sb["alloc_mb"] / r["alloc_mb"], 3) if r["alloc_mb"] > 0 else None,
                  "paper_speedup": paper and paper[0], "paper_mem_ratio": paper and paper[1],
                  "disturbed": max(sb["other_cores"], r["other_cores"]) >= 0.25}
+            if sb.get("ms_rounds") and r.get("ms_rounds"):
+                x["speedup_rounds"] = [round(a / b, 3) for a, b in zip(r["ms_rounds"], sb["ms_rounds"])]
             if sb.get("gflop") and r.get("gflop"):
                 x["flop_ratio"] = round(r["gflop"] / sb["gflop"], 3)
                 x["of_flops"] = round(x["speedup"] / x["flop_ratio"], 3)  # fraction of the FLOP-allowed speed-up
@@ -472,6 +507,9 @@ def get_parser():
     p.add_argument("--z-dim", type=int, default=None, help="GAU Z of the SeqBoat-family models (default: presets')")
     p.add_argument("--repeats", type=int, default=2, help="timed steps per row (median)")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=1, help="measure every row this many times, in alternating order "
+                   "(each a fresh worker); a row's ms/step is the median over the rounds and a speed-up the median "
+                   "of the rounds' ratios: steadier on a machine whose speed drifts")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -517,17 +555,29 @@ def main(argv=None) -> int:
     for flag, given, allowed in (("--settings", settings, SETTINGS), ("--models", models, MODELS)):
         if not given or any(x not in allowed for x in given):
             raise SystemExit(f"error: {flag}: expected a subset of {','.join(allowed)}, got {','.join(given)}")
+    if args.rounds < 1:
+        raise SystemExit(f"error: --rounds: expected a positive number of rounds, got {args.rounds}")
     start_rev = code_revision()
     shapes = "; ".join(f"{s}: L={seq_len(s, args)}, D={shape(s, args)['dim']}, layers={shape(s, args)['layers']}, "
                        f"w={shape(s, args)['window']}" for s in settings)
     print(f"# paper_efficiency: fwd+bwd, batch 1, dropout 0; {shapes}"
           f"{' (REDUCED from the paper: --dim/--layers/--window/--z-dim)' if overridden(args) else ' (paper shapes)'}; "
           f"decode ctx {args.decode_context} x {args.decode_steps} steps; threads "
-          f"{args.threads or os.cpu_count()}; repeats {args.repeats} (median); SeqBoat rates "
+          f"{args.threads or os.cpu_count()}; repeats {args.repeats} (median) x {args.rounds} round(s); SeqBoat rates "
           f"{', '.join('router' if r is None else f'{r:g}' for r in rates)}; code {start_rev}; "
           f"CPU: {cpu_model()} ({os.cpu_count()} cores)", flush=True)
-    records = [run_row(args, setting, model, rate) for setting in settings for model in models
-               for rate in (rates if model == "seqboat" else [None])]
+    plan = [(setting, model, rate) for setting in settings for model in models
+            for rate in (rates if model == "seqboat" else [None])]
+    if args.rounds == 1:
+        records = [run_row(args, *key) for key in plan]
+    else:  # every row once per round, the order reversed every other round; one combined record per row
+        rounds = []
+        for k in range(args.rounds):
+            print(f"# round {k + 1} of {args.rounds}", flush=True)
+            rounds.append({key: measure_row(args, *key) for key in (plan if k % 2 == 0 else plan[::-1])})
+        records = [combine_rounds([r[key] for r in rounds]) for key in plan]
+        for record in records:
+            emit(record)
     rows = [table_row(r, args.quiet_threshold) for r in records]
     print()
     print(format_table(["setting", "model", "L", "D", "layers", "params", "act_rate", "ms/step", "GFLOP",

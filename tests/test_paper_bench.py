@@ -61,9 +61,11 @@ def test_paper_efficiency_quick():
 @pytest.mark.slow
 def test_paper_efficiency_forced_rates_in_one_run():
     """--seqboat-rate with a list: one SeqBoat row per rate (the router's own with 'router'), each forced to
-    exactly its rate; fewer active tokens, fewer FLOPs; target lines against MEGA-chunk per forced rate."""
+    exactly its rate; fewer active tokens, fewer FLOPs; target lines against MEGA-chunk per forced rate.
+    With --rounds 2 every row is measured twice: one record per row, its ms the median of the rounds, each
+    speed-up the median of the per-round ratios."""
     proc, records = _run("paper_efficiency.py", "--quick", "--settings", "sc10", "--models", "seqboat,mega_chunk",
-                         "--seqboat-rate", "router,0.1,0.5", "--decode-steps", "0", "--no-split")
+                         "--seqboat-rate", "router,0.1,0.5", "--decode-steps", "0", "--no-split", "--rounds", "2")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     rows = {r["forced_rate"]: r for r in records if r["bench"] == "paper_efficiency" and r["model"] == "seqboat"}
     assert set(rows) == {None, 0.1, 0.5}
@@ -75,6 +77,16 @@ def test_paper_efficiency_forced_rates_in_one_run():
     targets = [r for r in records if r["bench"] == "paper_efficiency_target"]
     assert {(t["forced_rate"], t["check"]) for t in targets} == {(0.1, "of_flops"), (0.5, "of_flops")}
     assert "seqboat@10%" in proc.stdout
+    measured = [r for r in records if r["bench"] == "paper_efficiency"]
+    assert len(measured) == 4 and proc.stdout.count("# round ") == 2
+    for r in measured:
+        assert len(r["ms_rounds"]) == 2 and r["ms"] == pytest.approx(sum(r["ms_rounds"]) / 2, abs=0.01), r
+    mega = next(r for r in measured if r["model"] == "mega_chunk")
+    for x in ratios:
+        sb = rows[x["forced_rate"]]
+        per_round = [a / b for a, b in zip(mega["ms_rounds"], sb["ms_rounds"])]
+        assert x["speedup_rounds"] == pytest.approx(per_round, abs=1e-3)
+        assert x["speedup"] == pytest.approx(sum(per_round) / 2, abs=1e-3), x
 
 
 @pytest.mark.parametrize("rate", ["0", "1.5", "half", ","])
@@ -82,6 +94,13 @@ def test_paper_efficiency_refuses_a_bad_rate(rate):
     proc, records = _run("paper_efficiency.py", "--seqboat-rate", rate, timeout=60)
     assert proc.returncode != 0 and not records
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --seqboat-rate"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_paper_efficiency_refuses_no_rounds():
+    proc, records = _run("paper_efficiency.py", "--rounds", "0", timeout=60)
+    assert proc.returncode != 0 and not records
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --rounds"), proc.stderr
     assert "Traceback" not in proc.stderr
 
 
