@@ -221,6 +221,29 @@ def read_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
     return data.numel() * 4 / median(times) / 1e9
 
 
+def matvec_bandwidth_gbs(megabytes: int = 128, columns: int = 616, repeats: int = 9) -> float:
+    """The rate (GB/s) at which torch's one-row ``F.linear`` reads its weight on this machine: the median
+    time of a 1 x ``columns`` input against weights totalling ``megabytes`` fp32 (several matrices of
+    4 MiB-16 MiB, taken in turn, so none stays in cache). A decoding step at batch 1 is a few such
+    products: the bytes it must read, divided by this rate, is what the library's own kernel would
+    take for them, often well below ``read_bandwidth_gbs`` (a streaming ``sum``)."""
+    import torch
+    import torch.nn.functional as F
+
+    rows = 16 * 2 ** 20 // (4 * columns)  # about 16 MiB per matrix
+    weights = [torch.randn(rows, columns) for _ in range(max(2, megabytes // 16))]
+    x = torch.randn(1, columns)
+    for w in weights:  # first touch
+        F.linear(x, w)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for w in weights:
+            F.linear(x, w)
+        times.append(time.perf_counter() - start)
+    return sum(w.numel() for w in weights) * 4 / median(times) / 1e9
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 

@@ -41,6 +41,14 @@ def no_host_sync():
             torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.fixture(autouse=True)
+def branch_free(monkeypatch):
+    """The step CUDA takes. On the CPU a layer reads its router's decision on the host to skip the GAU
+    for a token no row activates (not a synchronisation there); these tests check the branch-free step,
+    which ``SeqBoatLayer.skip_inactive_on_host = False`` selects on the CPU as well."""
+    monkeypatch.setattr(SeqBoatLayer, "skip_inactive_on_host", False)
+
+
 def test_the_guard_catches_a_sync():
     x = torch.ones(2, device=DEVICE)
     with pytest.raises((HostSync, RuntimeError)), no_host_sync():
