@@ -5,7 +5,7 @@ of ``b < w`` slots against frames of ``2w + b`` keys (bidirectional) or ``w + b`
 outside the window ``|i - j| <= w`` (causal ``0 <= i - j <= w``) are computed and masked. For each
 setting of ``bench/paper_efficiency.py`` (its window and direction) and activation rate, this counts
 one row's products with ``local_attention.window_products``: the compressed length is the rate's share
-of the sequence, rounded up to the query block as compression rounds it (``sma.plan_compression``).
+of the sequence, rounded up as compression rounds it for the blocking (``GatedAttentionUnit.slot_count``).
 ``masked_share`` = 1 - allowed / computed; the target is at most 0.15. Pure arithmetic: the numbers
 do not depend on the machine.
 
@@ -37,14 +37,13 @@ def main(argv=None):
         print(f"error: --rates: expected comma-separated rates in (0, 1], got {args.rates!r}", file=sys.stderr)
         return 2
 
-    from seqboat_fairseq.modules.local_attention import attention_block, window_geometry, window_products
+    from seqboat_fairseq.modules.local_attention import window_geometry, window_products
 
     rows, failures = [], []
     for setting, length, window, causal in SETTINGS:
-        block = attention_block(window, causal)
         for rate in rates:
             active = max(1, math.ceil(rate * length))
-            slots = -(-active // block) * block if active > block else active
+            slots = window_geometry(window, active, causal).padded  # compression's rounding (GAU.slot_count)
             computed, allowed = window_products(window, slots, causal, valid=active)
             geometry = window_geometry(window, slots, causal)
             share = round(1.0 - allowed / computed, 4)

@@ -250,3 +250,32 @@ def test_activated_product_keeps_the_scores_only_and_equals_the_unfused_composit
     geometry = la.window_geometry(5, 37, causal)
     one_score_tensor = 3 * geometry.num_blocks * geometry.block * geometry.frame * 8  # (B, nb, block, frame) fp64
     assert saved1 <= saved0 - one_score_tensor, (saved0, saved1)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_short_causal_rows_are_cut_into_eight_blocks_and_equal_dense(activation):
+    """A causal row no longer than the window (a short compressed sequence: the LM at 10 % of 8,192
+    tokens keeps 820 for w = 1024) is cut into 8 query blocks of ceil(C / 8) instead of blocks of
+    ``attention_block(w)``: a ninth of the products fall above the diagonal, whatever C. Compression
+    rounds C to the blocking's ``padded`` count, whose blocking is the same one. The output equals the
+    dense reference at such rows, with invalid slots and a position bias."""
+    window = 64
+    assert attention_block(window, True) == 8
+    for slots in (20, 37, 57):
+        geometry = window_geometry(window, slots, True)
+        assert geometry.block == -(-slots // 8) <= 8 and geometry.num_blocks <= 8 and not geometry.interior
+        q, k, v, valid, pos, bias = _inputs(slots, True, "simple", window)
+        valid[0, 5:8] = False
+        kwargs = dict(window=window, causal=True, activation=activation, positions=pos, bias=bias)
+        out = local_attention(q, k, v, valid, **kwargs)
+        ref = dense_local_attention(q, k, v, valid, **kwargs)
+        assert_close(f"C={slots}", out[:2], ref[:2], atol=1e-10)
+    # the LM's row at 10 %: 820 slots of w = 1024 -> 8 blocks of 103 (824 slots), 11.6 % masked
+    geometry = window_geometry(1024, 820, True)
+    assert (geometry.block, geometry.num_blocks, geometry.padded) == (103, 8, 824)
+    computed, allowed = window_products(1024, 824, True, valid=820)
+    assert 1 - allowed / computed <= 0.125
+    for window, causal in ((1024, True), (128, True), (128, False), (16, True)):
+        for count in range(1, 3 * window):
+            padded = window_geometry(window, count, causal).padded
+            assert padded >= count and window_geometry(window, padded, causal).padded == padded, (window, count)

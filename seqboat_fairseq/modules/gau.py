@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .initializers import linear, trunc_normal_
-from .local_attention import ATTENTION_ACTIVATIONS, attention_block, local_attention, memory_attention
+from .local_attention import (ATTENTION_ACTIVATIONS, attention_block, local_attention, memory_attention,
+                              window_geometry)
 from .positions import RelativePositionalBias, apply_rotary, rotary_frequencies
 from .precision import upcast
 from .recompute import gated_linear, silu_linear
@@ -115,6 +116,16 @@ class GatedAttentionUnit(nn.Module):
             return self.window
         return attention_block(self.window, self.causal)
 
+    def slot_count(self, count: int) -> int:
+        """The slot count at which the attention cuts ``count`` compressed tokens into its blocks
+        without a copy (``count`` rounded up with empty slots): MEGA-chunk's chunks of c, the
+        windowed attention's ``window_geometry(w, count).padded``, unbounded attention as it is."""
+        if self.window is None:
+            return count
+        if self.chunked:
+            return -(-count // self.window) * self.window if count > self.window else count
+        return window_geometry(self.window, count, self.causal).padded
+
     def bias_positions(self, positions: Tensor) -> Optional[Tensor]:
         """Integer coordinates whose differences index the additive bias: the original positions,
         or None (rotary: no bias; local_pos: the slot offsets, which ``local_attention`` derives
@@ -150,7 +161,7 @@ class GatedAttentionUnit(nn.Module):
         with ``forward(s, active) * gate[..., None] == extract(out * gate_c[..., None], plan)``: a
         layer that gates and scatters in one step keeps the compressed output, not a
         ``(B, L, D)`` one (``recompute.gated_combine``)."""
-        plan = plan_compression(active, block=self.block)
+        plan = plan_compression(active, round_slots=self.slot_count)
         compressed = compress(s, plan)
         if self.recompute and torch.is_grad_enabled():
             # torch's checkpoint restores the RNG state (same dropout masks) and the autocast state

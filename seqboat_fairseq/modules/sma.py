@@ -102,15 +102,17 @@ class Compression(NamedTuple):
     identity: bool
 
 
-def plan_compression(active: Tensor, block: Optional[int] = None) -> Compression:
+def plan_compression(active: Tensor, block: Optional[int] = None,
+                     round_slots: Optional[Callable[[int], int]] = None) -> Compression:
     """Builds the slot layout for ``active`` ``(B, L)`` bool. One host sync (C is a shape).
 
-    ``block``: the attention's block (the windowed attention's query block or MEGA-chunk's c,
-    ``GatedAttentionUnit.block``): a slot count above it is
-    rounded up to a multiple of it, with empty slots, so that the attention cuts the compressed
-    sequence into blocks as it is instead of copying q, k and v into padded ones (the copies were
-    kept for the backward pass: 6 % of an LM step's memory). Empty slots are invalid keys and
-    their outputs are never extracted.
+    ``block``: the attention's block (MEGA-chunk's c): a slot count above it is rounded up to a
+    multiple of it, with empty slots, so that the attention cuts the compressed sequence into
+    blocks as it is instead of copying q, k and v into padded ones (the copies were kept for the
+    backward pass: 6 % of an LM step's memory). ``round_slots``: the same rounding as a function of
+    the slot count, for a blocking that depends on it (the windowed attention's,
+    ``GatedAttentionUnit.slot_count``). Empty slots are invalid keys and their outputs are never
+    extracted.
     """
     bsz, seq_len = active.shape
     count = active.sum(dim=1)
@@ -119,7 +121,9 @@ def plan_compression(active: Tensor, block: Optional[int] = None) -> Compression
     if slots == seq_len and bool(active.all()):
         index = torch.arange(seq_len, device=active.device).expand(bsz, seq_len)
         return Compression(index, active, rank, count, True)
-    if block is not None and block > 0 and slots > block:
+    if round_slots is not None:
+        slots = round_slots(slots)
+    elif block is not None and block > 0 and slots > block:
         slots = -(-slots // block) * block
     # stable sort of "not active": the active positions come first, in their original order
     order = torch.sort((~active).to(torch.uint8), dim=1, stable=True).indices[:, :slots]
