@@ -26,7 +26,8 @@ def twins(build, *cli, flag="--checkpoint-activations"):
 
 
 class SavedBytes:
-    """Bytes autograd saves for backward while any of ``layers`` runs (saved_tensors_hooks)."""
+    """Bytes autograd saves for backward while any of ``layers`` runs (saved_tensors_hooks): their
+    forward, and a GAU's ``forward_compressed``, which a SeqBoat layer's fused pass calls directly."""
 
     def __init__(self, layers):
         self.layers, self.total, self._inside = layers, 0, 0
@@ -45,6 +46,18 @@ class SavedBytes:
 
         self._handles = [h for layer in self.layers
                          for h in (layer.register_forward_pre_hook(enter), layer.register_forward_hook(leave))]
+        self._patched = []
+        for layer in self.layers:
+            if hasattr(layer, "forward_compressed"):
+                def counted(*args, _run=layer.forward_compressed, **kwargs):
+                    enter()
+                    try:
+                        return _run(*args, **kwargs)
+                    finally:
+                        leave()
+
+                layer.forward_compressed = counted
+                self._patched.append(layer)
         self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
         self._hooks.__enter__()
         return self
@@ -53,6 +66,8 @@ class SavedBytes:
         self._hooks.__exit__(*exc)
         for h in self._handles:
             h.remove()
+        for layer in self._patched:
+            del layer.forward_compressed
 
 
 def train_step(model, loss_fn, layers, seed, autocast=False):

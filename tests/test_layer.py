@@ -258,12 +258,17 @@ class _RecordingDropout(torch.nn.Module):
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidirectional"])
-def test_dropout_placement_h23(bidirectional):
+def test_dropout_placement_h23(bidirectional, monkeypatch):
     """Hazard H23 (docs/design.md), kept from upstream: in a causal layer the layer's dropout acts
     on ``hx + G`` before the residual, ``y = SiLU(dropout(hx + G) + x)``, and the GAU's own dropout
     is unused; in a bidirectional layer the GAU output gets the GAU's dropout (before the router's
     gate) and ``y = SiLU(hx + G + x)`` has none. Train mode, dropout 0.3 (both modules); the
-    dropouts are replaced by recorders that scale by 2 (layer) and 3 (GAU)."""
+    dropouts are replaced by recorders that scale by 2 (layer) and 3 (GAU). The plain pipeline:
+    the fused head and tail (``recompute``) draw the same masks at the same places, shown in
+    tests/test_recompute.py."""
+    import seqboat_fairseq.modules.seqboat_layer as seqboat_layer
+
+    monkeypatch.setattr(seqboat_layer, "fused_head_tail_applies", lambda *t: False)
     layer = make_layer(bidirectional=bidirectional, dropout=0.3).train()  # prenorm, no FFN
     assert layer.ffn is None and layer.prenorm
     layer_dropout = _RecordingDropout(layer.dropout.p, 2.0)

@@ -119,7 +119,7 @@ def _layer_step(layer, x, mask, fused, monkeypatch):
 
     calls = []
     real = seqboat_layer.gated_combine
-    monkeypatch.setattr(seqboat_layer, "gated_combine", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(seqboat_layer, "gated_combine", lambda *a, **k: calls.append(1) or real(*a, **k))
     monkeypatch.setattr(seqboat_layer, "fused_head_tail_applies",
                         recompute_module.fused_head_tail_applies if fused else (lambda *t: False))
     layer.zero_grad(set_to_none=True)
@@ -143,11 +143,15 @@ def _layer_step(layer, x, mask, fused, monkeypatch):
 import seqboat_fairseq.modules.recompute as recompute_module  # noqa: E402
 
 
+@pytest.mark.parametrize("dropout,bsz", [(0.0, 1), (0.3, 1), (0.3, 2)], ids=["no_dropout", "dropout", "dropout_b2"])
 @pytest.mark.parametrize("kind", ["seqboat_bidirectional", "seqboat_causal", "always_active_chunked"])
-def test_layer_head_and_tail_equal_the_plain_pipeline_and_keep_less(kind, monkeypatch):
+def test_layer_head_and_tail_equal_the_plain_pipeline_and_keep_less(kind, dropout, bsz, monkeypatch):
     """SeqBoatLayer's parallel pass through silu_projection / gated_combine gives the plain pipeline's
     output, gate and every gradient (router temperature included); at a 25 % rate it keeps at least
-    two (L, B, D) fp32 tensors less (s and the pre-activation; the gated output is compressed)."""
+    two (L, B, D) fp32 tensors less (s and the pre-activation; the gated output is compressed). With
+    dropout (on s, and in a causal layer on hx + G) both runs start from the same seed: the fused
+    pass draws the plain pipeline's masks (the outputs differ from the dropout-free ones, shown), keeps
+    them as bools and still keeps two (L, B, D) fp32 tensors less."""
     from seqboat_fairseq.modules.seqboat_layer import SeqBoatLayer
 
     torch.manual_seed(0)
@@ -155,19 +159,24 @@ def test_layer_head_and_tail_equal_the_plain_pipeline_and_keep_less(kind, monkey
     always = kind == "always_active_chunked"
     layer = SeqBoatLayer(dim, 6, 16, 4, bidirectional=kind != "seqboat_causal", window=8, truncation=None,
                          norm_type="batchnorm", always_active=always, chunked=always, max_positions=128,
-                         ffn_dim=8).train()
-    x = torch.randn(length, 1, dim)
-    mask = None if always else (torch.rand(1, length) < 0.25)
+                         ffn_dim=8, dropout=dropout).train()
+    x = torch.randn(length, bsz, dim)
+    mask = None if always else (torch.rand(bsz, length) < 0.25)
+    torch.manual_seed(1)
     y0, g0, grads0, saved0, fused0 = _layer_step(layer, x, mask, False, monkeypatch)
+    torch.manual_seed(1)
     y1, g1, grads1, saved1, fused1 = _layer_step(layer, x, mask, True, monkeypatch)
     assert fused1 and not fused0  # the two runs take the two paths
     assert 0.1 < float(g1.gt(0).float().mean()) < 0.45 or always  # a sparse rate: compression is exercised
+    if dropout:  # the masks act: another seed gives other outputs
+        torch.manual_seed(2)
+        assert (_layer_step(layer, x, mask, True, monkeypatch)[0] - y1).abs().max() > 0.01
     assert_close("output", y1, y0, atol=1e-6)
     assert_close("gate", g1, g0, atol=0)
     assert grads1.keys() == grads0.keys() and "router.log_temperature" in grads1 or always
     for name in grads0:
         assert_close(f"grad {name}", grads1[name], grads0[name], atol=1e-5)
-    one_tensor = length * dim * 4
+    one_tensor = length * bsz * dim * 4
     if always:
         assert saved1 < saved0 + one_tensor  # MEGA-chunk: the GAU reads s itself; no (L, B, D) tensor added
     else:

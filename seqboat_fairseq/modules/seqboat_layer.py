@@ -175,7 +175,7 @@ class SeqBoatLayer(DecodingLayer):
             return self._decode_token(x, padding_mask, state)
         residual = x
         h = self.norm(x) if self.prenorm else x
-        if state is None and not self._dropout_active() and fused_head_tail_applies(h, self.hx_proj.weight):
+        if state is None and self.dropout.p < 1 and fused_head_tail_applies(h, self.hx_proj.weight):
             return self._parallel_fused(x, self.ema(h, padding_mask), padding_mask)
         s = self.dropout(F.silu(run_ema(self.ema, h, padding_mask, state))).transpose(0, 1)  # (B, T, D)
         hx, active, gate = self.route(s, padding_mask)
@@ -192,14 +192,17 @@ class SeqBoatLayer(DecodingLayer):
 
     def _parallel_fused(self, x: Tensor, e: Tensor, padding_mask: Optional[Tensor]
                         ) -> Tuple[Tensor, LayerActivation]:
-        """``_pipeline``'s parallel pass (dropout inactive, gradients recorded) from the MD-EMA output
-        e ``(L, B, D)``, through ``recompute.silu_projection`` and ``recompute.gated_combine``: the
-        same values, less kept for the backward pass (their comment in recompute.py)."""
-        s, projection = silu_projection(e, self.hx_proj)
+        """``_pipeline``'s parallel pass (gradients recorded) from the MD-EMA output e ``(L, B, D)``,
+        through ``recompute.silu_projection`` and ``recompute.gated_combine``: the same values (the
+        same dropout masks on the CPU), less kept for the backward pass (their comment in
+        recompute.py)."""
+        p = self.dropout.p if self._dropout_active() else 0.0
+        s, projection, head_keep = silu_projection(e, self.hx_proj, p)
         s = s.transpose(0, 1)  # (B, L, D)
         hx, active, gate = self.route(s, padding_mask, projection)
         out, gate_c, plan = self.gau.forward_compressed(s, active, gate)
-        y = gated_combine(hx, out, gate_c, plan, x, e, self.hx_proj, projection.size(-1) - self.embed_dim)
+        y = gated_combine(hx, out, gate_c, plan, x, e, self.hx_proj, projection.size(-1) - self.embed_dim,
+                          head_keep=head_keep, p=p, tail_dropout=not self.bidirectional)
         if not self.prenorm:
             y = self.norm(y)
         y = self.ffn(y) if self.ffn is not None else y
