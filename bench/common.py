@@ -309,7 +309,7 @@ def _script_path() -> str:
 def run_stamp() -> Dict:
     """Provenance shared by every record of this process: ``run_id``, ``script``, ``commit`` (short
     HEAD), ``lib`` (:func:`library_hash`: the library code that actually ran), ``dirty`` (uncommitted
-    changes under ``seqboat_fairseq/`` or ``bench/``), ``date`` (UTC, ISO 8601), ``machine`` (CPU
+    changes under ``seqboat_fairseq/`` or ``bench/``, the stored results in ``bench/results/`` aside), ``date`` (UTC, ISO 8601), ``machine`` (CPU
     model, cores, OS, and the first GPU where CUDA is available), ``torch`` version and ``command`` (the command line, from the repository root)."""
     if _RUN_STAMP:
         return _RUN_STAMP
@@ -340,7 +340,8 @@ def run_stamp() -> Dict:
         "script": script_name(),
         "commit": git("rev-parse", "--short", "HEAD") or "unknown",
         "lib": library_hash(),
-        "dirty": bool(git("status", "--porcelain", "--", "seqboat_fairseq", "bench")),
+        # the stored results are data, not code: a run after another run's records is not dirty
+        "dirty": bool(git("status", "--porcelain", "--", "seqboat_fairseq", "bench", ":(exclude)bench/results")),
         "date": now.isoformat().replace("+00:00", "Z"),
         "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}{gpu}",
         "torch": torch_version,
