@@ -395,13 +395,11 @@ def combine_rounds(measured: List[Dict]) -> Dict:
     return record
 
 
-def speedup_of(baseline: Dict, seqboat: Dict) -> float:
-    """baseline ms / SeqBoat ms; with ``--rounds``, the median of the rounds' ratios (each from two rows
-    measured minutes apart at most, so a slow spell of the machine cancels out)."""
+def round_speedups(baseline: Dict, seqboat: Dict) -> Optional[List[float]]:
+    """baseline ms / SeqBoat ms of each ``--rounds`` round (two rows measured minutes apart at most, so
+    a slow spell of the machine cancels out), or None for a single-round run."""
     a, b = baseline.get("ms_rounds"), seqboat.get("ms_rounds")
-    if a and b and len(a) == len(b):
-        return median([x / y for x, y in zip(a, b)])
-    return baseline["ms"] / seqboat["ms"]
+    return [x / y for x, y in zip(a, b)] if a and b and len(a) == len(b) else None
 
 
 def row_label(r: Dict) -> str:
@@ -431,14 +429,15 @@ def ratio_records(records: List[Dict]) -> List[Dict]:
         for r in (x for x in ok if x["setting"] == sb["setting"] and x["model"] != "seqboat"):
             setting, model = sb["setting"], r["model"]
             paper = PAPER.get((setting, model))
+            rounds = round_speedups(r, sb)
             x = {"bench": "paper_efficiency_ratio", "setting": setting, "model": "seqboat", "baseline": model,
                  "forced_rate": sb.get("forced_rate"), "act_rate": sb["act_rate"],
-                 "seq_len": sb["seq_len"], "speedup": round(speedup_of(r, sb), 3),
+                 "seq_len": sb["seq_len"], "speedup": round(median(rounds) if rounds else r["ms"] / sb["ms"], 3),
                  "mem_ratio": round(sb["alloc_mb"] / r["alloc_mb"], 3) if r["alloc_mb"] > 0 else None,
                  "paper_speedup": paper and paper[0], "paper_mem_ratio": paper and paper[1],
                  "disturbed": max(sb["other_cores"], r["other_cores"]) >= 0.25}
-            if sb.get("ms_rounds") and r.get("ms_rounds"):
-                x["speedup_rounds"] = [round(a / b, 3) for a, b in zip(r["ms_rounds"], sb["ms_rounds"])]
+            if rounds:
+                x["speedup_rounds"] = [round(v, 3) for v in rounds]
             if sb.get("gflop") and r.get("gflop"):
                 x["flop_ratio"] = round(r["gflop"] / sb["gflop"], 3)
                 x["of_flops"] = round(x["speedup"] / x["flop_ratio"], 3)  # fraction of the FLOP-allowed speed-up

@@ -100,7 +100,7 @@ def test_steps_with_and_without_gradients_agree(branch_free):
 @pytest.mark.parametrize("bsz", [1, 2])
 @pytest.mark.parametrize("window", [3, None], ids=["w3", "full"])
 def test_host_branch_skips_the_gau_and_equals_the_branch_free_step(bsz, window, monkeypatch):
-    """On the CPU a step whose token no row activates skips the GAU (``_decode_token_routed_first``).
+    """On the CPU a step whose token no row activates skips the GAU (``skip_inactive_on_host``).
     Its outputs, decisions and gates equal the branch-free step's over 40 tokens with the ring full
     and skipped tokens between activated ones; the GAU ran for fewer steps than were taken."""
     layer = make_layer(window=window, truncation=5, rel_pos="rotary")

@@ -25,11 +25,13 @@ CASES = {
 @pytest.mark.parametrize("block", [None, 1, 2, 3], ids=["noblock", "block1", "block2", "block3"])
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
 def test_round_trip_matches_loops(case, block):
-    """With ``block``, a slot count above it is rounded up to a multiple of it (possibly past the
-    sequence length: 5 of 5 active tokens with block 2 or 3 in 'mixed')."""
+    """With ``block`` (the rounding MEGA-chunk's chunks ask for), a slot count above it is rounded up
+    to a multiple of it (possibly past the sequence length: 5 of 5 active tokens with block 2 or 3 in
+    'mixed')."""
     active = _active(CASES[case])
     x = torch.randn(*active.shape, 3)
-    plan = plan_compression(active, block=block)
+    plan = plan_compression(active, round_slots=None if block is None else
+                            (lambda n: -(-n // block) * block if n > block else n))
     compressed = compress(x, plan)
     counts = active.sum(1)
     slots = max(1, int(counts.max()))

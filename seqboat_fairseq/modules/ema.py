@@ -438,7 +438,6 @@ def _subtract_lagged(out: Tensor, x: Tensor, starts: Tensor, coef: Tensor, log_p
         lagged = _readout(x, starts, readout, powers, chunk)
         lagged = F.pad(lagged.view(-1, bsz, padded)[..., :seq_len - truncation], (truncation, 0))
     return out - lagged if rows is None else out.index_add(0, rows, lagged, alpha=-1)
-    return out
 
 
 def _chunk_kernel(readout: Tensor, powers: Tensor, chunk: int) -> Tensor:

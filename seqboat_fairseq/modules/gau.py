@@ -28,8 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .initializers import linear, trunc_normal_
-from .local_attention import (ATTENTION_ACTIVATIONS, attention_block, local_attention, memory_attention,
-                              window_geometry)
+from .local_attention import ATTENTION_ACTIVATIONS, local_attention, memory_attention, window_geometry
 from .positions import RelativePositionalBias, apply_rotary, rotary_frequencies
 from .precision import upcast
 from .recompute import gated_linear, silu_linear
@@ -107,14 +106,6 @@ class GatedAttentionUnit(nn.Module):
             qk = apply_rotary(qk, positions.unsqueeze(-1))
         q, k = qk.unbind(-2)
         return q, k, r, self.hidden_dropout(v)
-
-    @property
-    def block(self) -> Optional[int]:
-        """The attention's block, to which compression rounds the slot count: MEGA-chunk's c, or
-        the windowed attention's query block (``local_attention.attention_block``)."""
-        if self.window is None or self.chunked:
-            return self.window
-        return attention_block(self.window, self.causal)
 
     def slot_count(self, count: int) -> int:
         """The slot count at which the attention cuts ``count`` compressed tokens into its blocks

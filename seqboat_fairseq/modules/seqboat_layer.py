@@ -214,28 +214,41 @@ class SeqBoatLayer(DecodingLayer):
         """``_pipeline`` for one new token (x ``(1, B, D)``, padding_mask ``(B, 1)``): the same
         computation on ``(B, D)`` rows, with the router logits, the always-on path and the GAU's
         input projection in one product (``step_projection``), the EMA's ring and the rotary
-        rotation addressed by the host count, and the router gate applied inside the GAU step."""
+        rotation addressed by the host count, and the router gate applied inside the GAU step. On
+        the CPU (``skip_inactive_on_host``) the router goes first and the GAU runs only if some row
+        activates the token."""
         pad = None if padding_mask is None else padding_mask[:, 0]
         h = self.norm(x) if self.prenorm else x  # (1, B, D): the norms take time-major sequences
         consumed = state["length"]
         e = self.ema.step(h[0], state["ema"], state["position"], pad, consumed=consumed)[0]
         s = self.dropout(F.silu(e))  # (B, D)
-        if self.router is not None and self._branches_on_host(s):
-            return self._decode_token_routed_first(x, s, padding_mask, state)
-        projected = self.step_projection(s)
+        routed_first = self.router is not None and self._branches_on_host(s)
+        if routed_first:  # the router's logits and the always-on path; the GAU's projection if needed
+            logits, hx = routed_linear(s, self.hx_proj.weight, self.hx_proj.bias).split(
+                [LatentConfigurator.num_options, self.embed_dim], dim=-1)
+            a = None
+        else:
+            projected = self.step_projection(s)
+            if self.router is None:
+                hx, a = projected.split([self.embed_dim, projected.size(-1) - self.embed_dim], dim=-1)
+            else:
+                logits, hx, a = projected.split(
+                    [LatentConfigurator.num_options, self.embed_dim, projected.size(-1) - self.hx_proj.out_features],
+                    dim=-1)
         if self.router is None:
-            hx, a = projected.split([self.embed_dim, projected.size(-1) - self.embed_dim], dim=-1)
             active = torch.ones(s.size(0), 1, dtype=torch.bool, device=s.device)
             active = active if padding_mask is None else ~padding_mask
             gate = None
         else:
-            logits, hx, a = projected.split(
-                [LatentConfigurator.num_options, self.embed_dim, projected.size(-1) - self.hx_proj.out_features],
-                dim=-1)
             # (B, 1) as in the parallel pipeline: a ``forced_activation`` rule sees the same shapes
             active, gate = self.router(logits.unsqueeze(1), padding_mask, self.act_bias)
-        g = self.gau.step_projected(a, active[:, 0], state["position"], state["gau"], max_count=consumed + 1,
-                                    scale=None if gate is None else gate[:, 0], consumed=consumed)
+        if routed_first and bool(active.any()):
+            a = routed_linear(s, self.gau.in_proj.weight, self.gau.in_proj.bias)
+        if a is None:  # no row activates the token: the GAU's output is its gate (0) times its attention
+            g = torch.zeros_like(hx)
+        else:
+            g = self.gau.step_projected(a, active[:, 0], state["position"], state["gau"], max_count=consumed + 1,
+                                        scale=None if gate is None else gate[:, 0], consumed=consumed)
         y = self.combine(hx.unsqueeze(0), g.unsqueeze(0), x)
         advance(state, 1)
         return y, LayerActivation(active, active.to(s.dtype) if gate is None else gate)
@@ -244,32 +257,14 @@ class SeqBoatLayer(DecodingLayer):
     # attention over the working memory and output projection: 5/6 of an enwik8-base layer step's bytes)
     # when no row activates the token, so that decoding time follows the activation rate. On the CPU
     # reading a tensor is not a device synchronisation; on other devices the step stays branch-free (it
-    # can be captured in a CUDA graph) and computes the GAU for every token, scaled by the gate.
+    # can be captured in a CUDA graph) and computes the GAU for every token, scaled by the gate. A skipped
+    # token leaves the working memory as the branch-free step leaves it up to the entry that step writes
+    # at slot ``count % S``, which the next activated token overwrites before any query can see it
+    # (``GatedAttentionUnit.step_projected``).
     skip_inactive_on_host = True
 
     def _branches_on_host(self, s: Tensor) -> bool:
         return self.skip_inactive_on_host and s.device.type == "cpu"
-
-    def _decode_token_routed_first(self, x: Tensor, s: Tensor, padding_mask: Optional[Tensor],
-                                   state: DecodingState) -> Tuple[Tensor, LayerActivation]:
-        """``_decode_token`` after the MD-EMA (s ``(B, D)``), router first: the router logits and the
-        always-on path, then the GAU only if some row activates the token. A skipped token leaves the
-        working memory as the branch-free step leaves it up to the entry that step writes at slot
-        ``count % S``, which the next activated token overwrites before any query can see it
-        (``GatedAttentionUnit.step_projected``)."""
-        consumed = state["length"]
-        logits, hx = routed_linear(s, self.hx_proj.weight, self.hx_proj.bias).split(
-            [LatentConfigurator.num_options, self.embed_dim], dim=-1)
-        active, gate = self.router(logits.unsqueeze(1), padding_mask, self.act_bias)
-        if bool(active.any()):
-            a = routed_linear(s, self.gau.in_proj.weight, self.gau.in_proj.bias)
-            g = self.gau.step_projected(a, active[:, 0], state["position"], state["gau"], max_count=consumed + 1,
-                                        scale=gate[:, 0], consumed=consumed)
-            y = self.combine(hx.unsqueeze(0), g.unsqueeze(0), x)
-        else:  # the GAU's output is gate (0) x its attention: nothing to add
-            y = self.combine(hx.unsqueeze(0), torch.zeros_like(hx).unsqueeze(0), x)
-        advance(state, 1)
-        return y, LayerActivation(active, gate)
 
     def step_projection(self, s: Tensor) -> Tensor:
         """``[hx_proj(s) | gau.in_proj(s)]`` for s ``(B, D)``: one product with the two weights

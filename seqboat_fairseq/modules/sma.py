@@ -91,7 +91,7 @@ class Compression(NamedTuple):
     slot_valid: ``(B, C')`` True for the first ``count[b]`` slots of row b;
     rank: ``(B, L)`` 1-based slot of each active token, 0 for skipped tokens;
     count: ``(B,)`` number of active tokens per row. ``C' = max(max(count), 1)``, rounded up
-    to a multiple of ``block`` when larger than it (see ``plan_compression``).
+    by ``round_slots`` (see ``plan_compression``).
     identity: every position of every row is active (compress/extract are no-ops).
     """
 
@@ -102,16 +102,14 @@ class Compression(NamedTuple):
     identity: bool
 
 
-def plan_compression(active: Tensor, block: Optional[int] = None,
-                     round_slots: Optional[Callable[[int], int]] = None) -> Compression:
+def plan_compression(active: Tensor, round_slots: Optional[Callable[[int], int]] = None) -> Compression:
     """Builds the slot layout for ``active`` ``(B, L)`` bool. One host sync (C is a shape).
 
-    ``block``: the attention's block (MEGA-chunk's c): a slot count above it is rounded up to a
-    multiple of it, with empty slots, so that the attention cuts the compressed sequence into
-    blocks as it is instead of copying q, k and v into padded ones (the copies were kept for the
-    backward pass: 6 % of an LM step's memory). ``round_slots``: the same rounding as a function of
-    the slot count, for a blocking that depends on it (the windowed attention's,
-    ``GatedAttentionUnit.slot_count``). Empty slots are invalid keys and their outputs are never
+    ``round_slots``: maps the slot count to the one the attention cuts into its blocks
+    (``GatedAttentionUnit.slot_count``: MEGA-chunk's chunks, the windowed attention's query
+    blocks); the extra slots are empty, so that the attention takes the compressed sequence as it
+    is instead of copying q, k and v into padded blocks (the copies were kept for the backward
+    pass: 6 % of an LM step's memory). Empty slots are invalid keys and their outputs are never
     extracted.
     """
     bsz, seq_len = active.shape
@@ -123,8 +121,6 @@ def plan_compression(active: Tensor, block: Optional[int] = None,
         return Compression(index, active, rank, count, True)
     if round_slots is not None:
         slots = round_slots(slots)
-    elif block is not None and block > 0 and slots > block:
-        slots = -(-slots // block) * block
     # stable sort of "not active": the active positions come first, in their original order
     order = torch.sort((~active).to(torch.uint8), dim=1, stable=True).indices[:, :slots]
     if slots > seq_len:  # rounded past the sequence: empty slots (index 0, invalid)
